@@ -1,0 +1,16 @@
+//! sniroute: a TLS SNI passthrough router that never terminates TLS.
+//!
+//! Module map (one owner per concern):
+//! - `config`: file -> typed [`config::Config`], every error with its place;
+//! - `clienthello`: PURE bytes -> verdict; `peek`: read the hello off a socket;
+//! - `routes`: name -> route; `guard`: strikes, bans, rate limits;
+//! - `listener`: accept loops; `conn`: one connection, start to end;
+//! - `forward`: backend connect and the two-way relay (splice on Linux);
+//! - `accesslog`, `metrics`, `admin`, `lifecycle`; `server` ties them together.
+
+pub mod clienthello;
+pub mod config;
+pub mod forward;
+pub mod guard;
+pub mod hostname;
+pub mod outcome;

@@ -1,0 +1,96 @@
+//! The one way a client connection ends. The same value feeds the access log,
+//! the `sniroute_connections_total{outcome}` metric and the strike decision.
+
+use std::fmt;
+
+/// How a client connection ended. Every outcome but `Routed` closes the client
+/// without sending it a byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outcome {
+    /// Forwarded to a backend; bytes flowed until both sides were done.
+    Routed,
+    /// A valid ClientHello whose SNI matches no route.
+    UnknownSni,
+    /// A valid ClientHello without a usable server_name.
+    NoSni,
+    /// The first bytes are not a TLS handshake (HTTP, SSLv2, garbage, bad framing).
+    NotTls,
+    /// No complete ClientHello within `limits.client_hello_timeout`.
+    Timeout,
+    /// The ClientHello is larger than `limits.max_client_hello`.
+    TooLarge,
+    /// The ClientHello offers no TLS version at or above `tls.min_version`.
+    Policy,
+    /// The source is banned; closed right after accept.
+    Banned,
+    /// The source opened new connections faster than `rate_limit` allows.
+    RateLimited,
+    /// `limits.max_connections` are already open.
+    Overloaded,
+    /// No backend of the route accepted the connection.
+    BackendError,
+}
+
+impl Outcome {
+    /// Every outcome, in a fixed order (for pre-registered metrics).
+    pub const ALL: [Outcome; 11] = [
+        Outcome::Routed,
+        Outcome::UnknownSni,
+        Outcome::NoSni,
+        Outcome::NotTls,
+        Outcome::Timeout,
+        Outcome::TooLarge,
+        Outcome::Policy,
+        Outcome::Banned,
+        Outcome::RateLimited,
+        Outcome::Overloaded,
+        Outcome::BackendError,
+    ];
+
+    /// The word used in logs, metrics and config (`ban.strike_on`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Routed => "routed",
+            Outcome::UnknownSni => "unknown_sni",
+            Outcome::NoSni => "no_sni",
+            Outcome::NotTls => "not_tls",
+            Outcome::Timeout => "timeout",
+            Outcome::TooLarge => "too_large",
+            Outcome::Policy => "policy",
+            Outcome::Banned => "banned",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::Overloaded => "overloaded",
+            Outcome::BackendError => "backend_error",
+        }
+    }
+
+    /// Parses the word written by [`Outcome::as_str`].
+    pub fn from_word(word: &str) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.as_str() == word)
+    }
+
+    /// Index into [`Outcome::ALL`], for arrays of per-outcome handles.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_round_trip_and_index_matches_all() {
+        for (i, o) in Outcome::ALL.into_iter().enumerate() {
+            assert_eq!(Outcome::from_word(o.as_str()), Some(o));
+            assert_eq!(o.index(), i);
+        }
+        assert_eq!(Outcome::from_word("nope"), None);
+    }
+}
