@@ -141,7 +141,10 @@ pub enum LoadError {
     /// The file could not be read (exit status 2 for `check`).
     Unreadable { path: String, error: std::io::Error },
     /// The file was read but is not a valid config (exit status 1 for `check`).
-    Invalid { path: String, diagnostics: Vec<Diagnostic> },
+    Invalid {
+        path: String,
+        diagnostics: Vec<Diagnostic>,
+    },
 }
 
 impl std::fmt::Display for LoadError {

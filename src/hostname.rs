@@ -60,7 +60,10 @@ mod tests {
 
     #[test]
     fn canonical_form() {
-        assert_eq!(canon("MyApp.Example.ORG."), Some("myapp.example.org".into()));
+        assert_eq!(
+            canon("MyApp.Example.ORG."),
+            Some("myapp.example.org".into())
+        );
         assert_eq!(canon("a-b_c.d0"), Some("a-b_c.d0".into()));
         assert_eq!(canon("localhost"), Some("localhost".into()));
     }
@@ -68,7 +71,17 @@ mod tests {
     #[test]
     fn refuses_what_cannot_be_a_host_name() {
         for bad in [
-            "", ".", "a..b", ".a", "a b", "a\0b", "a/b", "a:443", "é.example", "a..", "*.x",
+            "",
+            ".",
+            "a..b",
+            ".a",
+            "a b",
+            "a\0b",
+            "a/b",
+            "a:443",
+            "é.example",
+            "a..",
+            "*.x",
         ] {
             assert_eq!(canon(bad), None, "{bad:?}");
         }

@@ -8,9 +8,17 @@
 //! - `forward`: backend connect and the two-way relay (splice on Linux);
 //! - `accesslog`, `metrics`, `admin`, `lifecycle`; `server` ties them together.
 
+pub mod accesslog;
 pub mod clienthello;
 pub mod config;
+pub mod conn;
 pub mod forward;
 pub mod guard;
 pub mod hostname;
+pub mod lifecycle;
+pub mod listener;
+pub mod metrics;
 pub mod outcome;
+pub mod peek;
+pub mod routes;
+pub mod server;

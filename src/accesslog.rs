@@ -1,0 +1,262 @@
+//! The access log: one line per connection, written when it ends, in text or
+//! JSON, to stdout, a file, or nowhere. Lines are formatted by the connection
+//! and handed to one writer thread, so no connection waits on the disk.
+
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::config::{AccessLog as Target, LogConfig, LogFormat};
+use crate::outcome::Outcome;
+
+/// Lines queued for the writer at most. A flood that outruns the disk loses
+/// lines (counted) rather than stalling connections or growing memory.
+const QUEUE: usize = 65_536;
+
+/// What the log line says about one connection.
+#[derive(Debug, Clone, Default)]
+pub struct Entry {
+    pub sni: Option<String>,
+    pub route: Option<String>,
+    pub backend: Option<SocketAddr>,
+    pub up: u64,
+    pub down: u64,
+}
+
+enum Message {
+    Line(String),
+    /// Reopen the file (after log rotation); sent on reload.
+    Reopen,
+}
+
+/// Cheap to clone; every clone feeds the same writer thread.
+#[derive(Clone)]
+pub struct AccessLog {
+    tx: Option<SyncSender<Message>>,
+    format: LogFormat,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AccessLog {
+    /// Opens the target (the file is created, appended to) and starts the writer.
+    pub fn open(config: &LogConfig) -> io::Result<AccessLog> {
+        let sink = match &config.access {
+            Target::Off => None,
+            Target::Stdout => Some(Sink::Stdout),
+            Target::File(path) => Some(Sink::File(path.clone(), open_append(path)?)),
+        };
+        let tx = match sink {
+            None => None,
+            Some(sink) => {
+                let (tx, rx) = sync_channel(QUEUE);
+                std::thread::Builder::new()
+                    .name("access-log".into())
+                    .spawn(move || write_lines(rx, sink))?;
+                Some(tx)
+            }
+        };
+        Ok(AccessLog {
+            tx,
+            format: config.format,
+            dropped: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Logs one connection.
+    pub fn write(&self, peer: SocketAddr, outcome: Outcome, entry: &Entry, elapsed: Duration) {
+        let Some(tx) = &self.tx else { return };
+        let line = format_line(
+            self.format,
+            SystemTime::now(),
+            peer,
+            outcome,
+            entry,
+            elapsed,
+        );
+        if tx.try_send(Message::Line(line)).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Asks the writer to reopen its file (log rotation).
+    pub fn reopen(&self) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.try_send(Message::Reopen);
+        }
+    }
+
+    /// Lines lost because the writer could not keep up.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+enum Sink {
+    Stdout,
+    File(PathBuf, File),
+}
+
+fn open_append(path: &PathBuf) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Writes lines as they come and flushes whenever the queue runs dry, so a
+/// line is visible at once when traffic is light and batched when it is heavy.
+fn write_lines(rx: Receiver<Message>, sink: Sink) {
+    let (mut out, path): (BufWriter<Box<dyn Write + Send>>, Option<PathBuf>) = match sink {
+        Sink::Stdout => (BufWriter::new(Box::new(io::stdout())), None),
+        Sink::File(path, file) => (BufWriter::new(Box::new(file)), Some(path)),
+    };
+    loop {
+        let message = match rx.try_recv() {
+            Ok(message) => message,
+            Err(TryRecvError::Empty) => {
+                let _ = out.flush();
+                match rx.recv() {
+                    Ok(message) => message,
+                    Err(_) => break,
+                }
+            }
+            Err(TryRecvError::Disconnected) => break,
+        };
+        match message {
+            Message::Line(line) => {
+                let _ = out.write_all(line.as_bytes());
+            }
+            Message::Reopen => {
+                let _ = out.flush();
+                if let Some(path) = &path {
+                    match open_append(path) {
+                        Ok(file) => out = BufWriter::new(Box::new(file)),
+                        Err(e) => {
+                            tracing::error!("cannot reopen access log {}: {e}", path.display())
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let _ = out.flush();
+}
+
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    time: &'a str,
+    client: String,
+    outcome: &'a str,
+    sni: Option<&'a str>,
+    route: Option<&'a str>,
+    backend: Option<String>,
+    up: u64,
+    down: u64,
+    ms: u128,
+}
+
+/// One line, newline included. The client address is the second text field
+/// so the fail2ban filter `^\S+ <HOST>:\d+ outcome=...` matches.
+pub fn format_line(
+    format: LogFormat,
+    now: SystemTime,
+    peer: SocketAddr,
+    outcome: Outcome,
+    entry: &Entry,
+    elapsed: Duration,
+) -> String {
+    let time = humantime::format_rfc3339_millis(now).to_string();
+    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+    let ms = elapsed.as_millis();
+    match format {
+        LogFormat::Text => {
+            let mut line = String::with_capacity(160);
+            let dash = |v: Option<&str>| v.unwrap_or("-").to_owned();
+            let backend = entry
+                .backend
+                .map_or_else(|| "-".to_owned(), |b| b.to_string());
+            let _ = writeln!(
+                line,
+                "{time} {peer} outcome={outcome} sni={} route={} backend={backend} up={} down={} ms={ms}",
+                dash(entry.sni.as_deref()),
+                dash(entry.route.as_deref()),
+                entry.up,
+                entry.down,
+            );
+            line
+        }
+        LogFormat::Json => {
+            let json = JsonLine {
+                time: &time,
+                client: peer.to_string(),
+                outcome: outcome.as_str(),
+                sni: entry.sni.as_deref(),
+                route: entry.route.as_deref(),
+                backend: entry.backend.map(|b| b.to_string()),
+                up: entry.up,
+                down: entry.down,
+                ms,
+            };
+            let mut line = serde_json::to_string(&json).unwrap_or_default();
+            line.push('\n');
+            line
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_line_matches_the_contract() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_millis(1_633_881_336_123);
+        let entry = Entry {
+            sni: Some("dumb.example.org".into()),
+            ..Entry::default()
+        };
+        let line = format_line(
+            LogFormat::Text,
+            now,
+            "203.0.113.7:51234".parse().unwrap(),
+            Outcome::UnknownSni,
+            &entry,
+            Duration::from_millis(3),
+        );
+        assert_eq!(
+            line,
+            "2021-10-10T15:55:36.123Z 203.0.113.7:51234 outcome=unknown_sni sni=dumb.example.org route=- backend=- up=0 down=0 ms=3\n"
+        );
+    }
+
+    #[test]
+    fn json_line_has_the_same_fields() {
+        let entry = Entry {
+            sni: Some("myapp.example.org".into()),
+            route: Some("myapp.example.org".into()),
+            backend: Some("10.0.0.5:443".parse().unwrap()),
+            up: 5230,
+            down: 88213,
+        };
+        let line = format_line(
+            LogFormat::Json,
+            SystemTime::UNIX_EPOCH,
+            "[::ffff:198.51.100.4]:40022".parse().unwrap(),
+            Outcome::Routed,
+            &entry,
+            Duration::from_millis(61234),
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["client"], "198.51.100.4:40022");
+        assert_eq!(v["outcome"], "routed");
+        assert_eq!(v["backend"], "10.0.0.5:443");
+        assert_eq!(v["up"], 5230);
+        assert_eq!(v["ms"], 61234);
+        assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,131 @@
+//! The story of one client connection, from accept to close, and its single
+//! [`Outcome`]: read the hello, check the policy, pick the route, connect,
+//! replay the hello, relay. Every early exit is an `Err(Outcome)`; the wrapper
+//! [`handle`] writes the one log line, the one metric update and the strike.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::accesslog::Entry;
+use crate::forward::{self, RelayOptions};
+use crate::outcome::Outcome;
+use crate::peek;
+use crate::server::{Shared, Slot, Snapshot};
+
+/// Serves one accepted connection to its end. `slot` holds its place under
+/// `max_connections` until the end.
+pub async fn handle(
+    shared: Arc<Shared>,
+    snapshot: Arc<Snapshot>,
+    client: TcpStream,
+    peer: SocketAddr,
+    accepted: Instant,
+    slot: Slot,
+) {
+    let mut entry = Entry::default();
+    let outcome = match serve(&shared, &snapshot, client, peer, accepted, &mut entry).await {
+        Ok(()) => Outcome::Routed,
+        Err(outcome) => outcome,
+    };
+    drop(slot);
+    finish(&shared, peer, outcome, &entry, accepted);
+}
+
+/// Records how a connection ended: metric, strike, log line.
+pub fn finish(
+    shared: &Shared,
+    peer: SocketAddr,
+    outcome: Outcome,
+    entry: &Entry,
+    accepted: Instant,
+) {
+    shared.metrics.ended(outcome);
+    if outcome != Outcome::Routed {
+        shared.guard.strike(peer.ip().to_canonical(), outcome);
+    }
+    shared.log.write(peer, outcome, entry, accepted.elapsed());
+}
+
+async fn serve(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    accepted: Instant,
+    entry: &mut Entry,
+) -> Result<(), Outcome> {
+    let config = &snapshot.config;
+    let limits = &config.limits;
+
+    let mut hello_bytes = Vec::new();
+    let hello = peek::read_client_hello(
+        &mut client,
+        limits.max_client_hello,
+        limits.client_hello_timeout,
+        &mut hello_bytes,
+    )
+    .await;
+    shared
+        .metrics
+        .client_hello_seconds
+        .record(accepted.elapsed().as_secs_f64());
+    let hello = hello?;
+    entry.sni = hello.sni.as_ref().map(|name| name.as_str().to_owned());
+
+    if hello.max_version < config.tls.min_version {
+        return Err(Outcome::Policy);
+    }
+    let index = snapshot.routes.pick(hello.sni.as_ref())?;
+    let (route, meters) = snapshot.route(index).ok_or(Outcome::UnknownSni)?;
+    entry.route = Some(route.name.clone());
+
+    let started = Instant::now();
+    let (mut backend, backend_addr) = forward::connect(&route.backends, limits.connect_timeout)
+        .await
+        .map_err(|e| {
+            tracing::warn!(route = %route.name, "no backend reachable: {}", e.last);
+            Outcome::BackendError
+        })?;
+    meters
+        .connect_seconds
+        .record(started.elapsed().as_secs_f64());
+    entry.backend = Some(backend_addr);
+
+    // The PROXY header (if any) and the hello go out in one write.
+    let client_bytes = hello_bytes.len() as u64;
+    let mut preamble = Vec::new();
+    let local = client.local_addr().map_err(|_| Outcome::BackendError)?;
+    forward::proxy_header(route.proxy_protocol, peer, local, &mut preamble);
+    let preamble = if preamble.is_empty() {
+        hello_bytes
+    } else {
+        preamble.extend_from_slice(&hello_bytes);
+        drop(hello_bytes);
+        preamble
+    };
+    if let Err(e) = backend.write_all(&preamble).await {
+        tracing::warn!(route = %route.name, %backend_addr, "backend closed before the hello: {e}");
+        return Err(Outcome::BackendError);
+    }
+    drop(preamble);
+
+    meters.routed.increment(1);
+    meters.bytes.up.increment(client_bytes);
+    meters.active.increment(1.0);
+    let opts = RelayOptions {
+        idle_timeout: limits.idle_timeout,
+        splice: config.splice,
+    };
+    let end = forward::relay(client, backend, opts, &meters.bytes).await;
+    meters.active.decrement(1.0);
+    entry.up = client_bytes + end.up;
+    entry.down = end.down;
+    if let Err(e) = end.result {
+        tracing::debug!(%peer, route = %route.name, "relay ended: {e}");
+    }
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! One direction of a relay through a userspace buffer: the portable path,
+//! used when splice is off, not on Linux, or no pipe could be had.
+//!
+//! Same contract as the splice path: read, write all of it, repeat; on EOF
+//! `shutdown(Write)` the destination once everything read was written. Every
+//! read and write is a `try_*` after the matching `poll_*_ready`, so
+//! WouldBlock clears tokio's readiness and the next poll waits for an event.
+
+use std::io;
+use std::task::{Context, Poll, ready};
+
+use tokio::net::TcpStream;
+
+use super::{Meter, shutdown_write};
+
+/// 16 KiB: the largest TLS record (16 KiB of payload plus a few hundred bytes
+/// of overhead) moves in one or two reads, and a few thousand active
+/// connections cost tens of MiB at most. Allocated on the first readable
+/// event, so a connection idle from the start holds none.
+const BUF_SIZE: usize = 16 * 1024;
+
+/// Copy state of one direction.
+pub(super) struct CopyHalf {
+    /// Empty until the first read (lazy allocation), then `BUF_SIZE` long.
+    buf: Vec<u8>,
+    /// `buf[start..end]` was read and is not written yet.
+    start: usize,
+    end: usize,
+    /// The source sent FIN.
+    eof: bool,
+}
+
+impl CopyHalf {
+    pub(super) fn new() -> Self {
+        CopyHalf {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            eof: false,
+        }
+    }
+
+    /// Moves bytes `from` -> `to` until nothing is ready (Pending), the
+    /// direction is finished (EOF passed on: Ready(Ok)) or an error.
+    pub(super) fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &TcpStream,
+        to: &TcpStream,
+        meter: &mut Meter<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if self.start < self.end {
+                ready!(to.poll_write_ready(cx))?;
+                match to.try_write(&self.buf[self.start..self.end]) {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => {
+                        self.start += n;
+                        meter.moved(n);
+                    }
+                    Err(e) if retry(&e) => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            } else if self.eof {
+                shutdown_write(to)?;
+                return Poll::Ready(Ok(()));
+            } else {
+                ready!(from.poll_read_ready(cx))?;
+                if self.buf.is_empty() {
+                    self.buf = vec![0; BUF_SIZE];
+                }
+                match from.try_read(&mut self.buf) {
+                    Ok(0) => {
+                        self.eof = true;
+                        meter.touched();
+                    }
+                    Ok(n) => {
+                        self.start = 0;
+                        self.end = n;
+                        meter.touched();
+                    }
+                    Err(e) if retry(&e) => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+        }
+    }
+}
+
+/// WouldBlock (readiness now cleared: the next poll waits) or EINTR.
+fn retry(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}

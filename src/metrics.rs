@@ -1,0 +1,193 @@
+//! Every metric of the contract, registered once at start-up so dashboards see
+//! zeros instead of "no data", and handles pre-built per outcome and per route
+//! so the per-connection path records without a lock or an allocation.
+//! The `/metrics` endpoint itself is a tiny HTTP/1.0 responder.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::config::Route;
+use crate::forward::ByteCounters;
+use crate::outcome::Outcome;
+
+/// Latency buckets, 50 µs to 10 s: a ClientHello usually arrives within a
+/// round trip (µs on a LAN, tens of ms across the internet) and a backend
+/// connect is a LAN round trip, while stalls run to the hello timeout.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+/// Reasons a strike can have (the outcomes `ban.strike_on` accepts).
+pub const STRIKE_REASONS: [Outcome; 6] = [
+    Outcome::UnknownSni,
+    Outcome::NoSni,
+    Outcome::NotTls,
+    Outcome::Timeout,
+    Outcome::Policy,
+    Outcome::TooLarge,
+];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once; later calls return the
+/// same handle) and registers every metric at zero. `None` if another recorder
+/// was installed first (then metrics are not exported).
+pub fn install() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            register_static();
+            Some(handle)
+        })
+        .as_ref()
+}
+
+fn register_static() {
+    for outcome in Outcome::ALL {
+        counter!("sniroute_connections_total", "outcome" => outcome.as_str()).increment(0);
+    }
+    for reason in STRIKE_REASONS {
+        counter!("sniroute_strikes_total", "reason" => reason.as_str()).increment(0);
+    }
+    for source in ["strike", "manual"] {
+        counter!("sniroute_bans_total", "source" => source).increment(0);
+    }
+    for reason in ["expired", "manual"] {
+        counter!("sniroute_unbans_total", "reason" => reason).increment(0);
+    }
+    for result in ["ok", "error"] {
+        counter!("sniroute_config_reloads_total", "result" => result).increment(0);
+    }
+    gauge!("sniroute_banned").increment(0.0);
+    gauge!("sniroute_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    // Touch the histogram so its series exists from start-up.
+    let _ = histogram!("sniroute_client_hello_seconds");
+}
+
+/// Handles for what every connection records.
+#[derive(Clone)]
+pub struct ConnMetrics {
+    outcomes: [Counter; Outcome::ALL.len()],
+    /// Time from accept to a decided ClientHello.
+    pub client_hello_seconds: Histogram,
+}
+
+impl ConnMetrics {
+    pub fn new() -> ConnMetrics {
+        ConnMetrics {
+            outcomes: Outcome::ALL
+                .map(|o| counter!("sniroute_connections_total", "outcome" => o.as_str())),
+            client_hello_seconds: histogram!("sniroute_client_hello_seconds"),
+        }
+    }
+
+    /// Counts one connection that ended with `outcome`.
+    pub fn ended(&self, outcome: Outcome) {
+        if let Some(counter) = self.outcomes.get(outcome.index()) {
+            counter.increment(1);
+        }
+    }
+}
+
+impl Default for ConnMetrics {
+    fn default() -> Self {
+        ConnMetrics::new()
+    }
+}
+
+/// Handles for one route, labelled with its name.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    pub routed: Counter,
+    pub active: Gauge,
+    /// `sniroute_bytes_total{direction="up"|"down"}`, fed live by the relay.
+    pub bytes: ByteCounters,
+    pub connect_seconds: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn new(route: &Route) -> RouteMetrics {
+        let name = route.name.clone();
+        let m = RouteMetrics {
+            routed: counter!("sniroute_routed_connections_total", "route" => name.clone()),
+            active: gauge!("sniroute_active_connections", "route" => name.clone()),
+            bytes: ByteCounters {
+                up: counter!("sniroute_bytes_total", "route" => name.clone(), "direction" => "up"),
+                down: counter!("sniroute_bytes_total", "route" => name.clone(), "direction" => "down"),
+            },
+            connect_seconds: histogram!("sniroute_backend_connect_seconds", "route" => name),
+        };
+        m.routed.increment(0);
+        m.active.increment(0.0);
+        m.bytes.up.increment(0);
+        m.bytes.down.increment(0);
+        m
+    }
+}
+
+/// Counts a config reload attempt.
+pub fn reload_result(ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    counter!("sniroute_config_reloads_total", "result" => result).increment(1);
+}
+
+/// Longest request head the endpoint reads: a scrape's request line and
+/// headers fit many times over; anything longer is not a scraper.
+const MAX_REQUEST: usize = 8192;
+
+/// Serves `GET /metrics` on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, handle: &'static PrometheusHandle) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        tokio::spawn(async move {
+            let mut head = Vec::with_capacity(1024);
+            let read = async {
+                let mut chunk = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST {
+                    let n = stream.read(&mut chunk).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    head.extend_from_slice(chunk.get(..n).unwrap_or_default());
+                }
+                Ok::<_, std::io::Error>(())
+            };
+            let timed = tokio::time::timeout(std::time::Duration::from_secs(10), read).await;
+            if !matches!(timed, Ok(Ok(()))) {
+                return;
+            }
+            let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+            let (status, body) = if line.starts_with(b"GET /metrics ") || line == b"GET /metrics" {
+                handle.run_upkeep();
+                ("200 OK", handle.render())
+            } else {
+                ("404 Not Found", "not found; try /metrics\n".to_owned())
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+/// Binds the metrics endpoint (start-up fails loudly if it cannot).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}

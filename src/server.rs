@@ -1,0 +1,308 @@
+//! Ties the parts together: the shared state (config snapshot, guard, log,
+//! metrics, open-connection count), the accept loops, reload and shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::accesslog::AccessLog;
+use crate::config::{self, Config, Route};
+use crate::guard::Guard;
+use crate::lifecycle;
+use crate::listener;
+use crate::metrics::{ConnMetrics, RouteMetrics};
+use crate::routes::RouteTable;
+
+/// What a connection needs of the config, swapped whole on reload. Each
+/// connection keeps the snapshot it started with.
+pub struct Snapshot {
+    pub config: Config,
+    pub routes: RouteTable,
+    /// Parallel to `routes.routes()`.
+    pub route_metrics: Vec<RouteMetrics>,
+}
+
+impl Snapshot {
+    pub fn new(config: Config) -> Snapshot {
+        let routes = RouteTable::new(&config.routes, config.fallback.as_ref());
+        let route_metrics = routes
+            .routes()
+            .iter()
+            .map(|r| RouteMetrics::new(r))
+            .collect();
+        Snapshot {
+            config,
+            routes,
+            route_metrics,
+        }
+    }
+
+    /// The route at `index` and its metric handles.
+    pub fn route(&self, index: usize) -> Option<(&Route, &RouteMetrics)> {
+        Some((self.routes.get(index)?, self.route_metrics.get(index)?))
+    }
+}
+
+/// State shared by every listener and connection.
+pub struct Shared {
+    snapshot: ArcSwap<Snapshot>,
+    pub guard: Arc<Guard>,
+    pub log: AccessLog,
+    pub metrics: ConnMetrics,
+    open: AtomicUsize,
+    drained: Notify,
+}
+
+/// A place under `max_connections`; released on drop.
+pub struct Slot(Arc<Shared>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
+}
+
+impl Shared {
+    /// The current config snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Takes a slot if fewer than `max` connections are open.
+    pub fn take_slot(self: &Arc<Self>, max: usize) -> Option<Slot> {
+        let before = self.open.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot(Arc::clone(self));
+        (before < max).then_some(slot)
+    }
+
+    /// Client connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    async fn wait_drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            if self.open_connections() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A request to the running server.
+#[derive(Debug)]
+pub enum Control {
+    /// Reload the config file; the reply says whether it was taken, or why not.
+    Reload(Option<oneshot::Sender<Result<String, String>>>),
+    /// Stop accepting, drain for up to `shutdown_grace`, return.
+    Stop,
+}
+
+/// A bound, ready-to-run sniroute.
+pub struct Server {
+    shared: Arc<Shared>,
+    config_path: Option<PathBuf>,
+    /// Keyed by the configured address (which may say port 0).
+    listeners: Vec<(SocketAddr, std::net::TcpListener)>,
+}
+
+impl Server {
+    /// Builds the server and binds every `listen` address of `config`.
+    /// `config_path` is what a reload reads.
+    pub fn bind(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Server> {
+        let listeners = config
+            .listen
+            .iter()
+            .map(|&addr| {
+                let l = listener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+                Ok((addr, l))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Server::with_listeners(config, config_path, listeners)
+    }
+
+    /// Builds the server on listeners bound elsewhere (tests, socket activation),
+    /// each paired with the configured address it stands for.
+    pub fn with_listeners(
+        config: Config,
+        config_path: Option<PathBuf>,
+        listeners: Vec<(SocketAddr, std::net::TcpListener)>,
+    ) -> anyhow::Result<Server> {
+        crate::metrics::install();
+        let guard =
+            Guard::new(&config.ban, &config.rate_limit).context("cannot start the guard")?;
+        let log = AccessLog::open(&config.log).context("cannot open the access log")?;
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(Snapshot::new(config)),
+            guard: Arc::new(guard),
+            log,
+            metrics: ConnMetrics::new(),
+            open: AtomicUsize::new(0),
+            drained: Notify::new(),
+        });
+        Ok(Server {
+            shared,
+            config_path,
+            listeners,
+        })
+    }
+
+    /// The addresses actually bound (port 0 resolved).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|(_, l)| l.local_addr().ok())
+            .collect()
+    }
+
+    /// The shared state (guard, snapshot), e.g. for the admin socket.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Serves until `Control::Stop` (or the channel closes), then drains.
+    pub async fn run(self, mut control: mpsc::Receiver<Control>) -> anyhow::Result<()> {
+        let shared = self.shared;
+        let mut accepting = Accepting::default();
+        for (addr, l) in self.listeners {
+            accepting.start(addr, l, &shared)?;
+        }
+        let metrics_task = start_metrics(&shared.snapshot().config).await?;
+        lifecycle::notify_ready();
+
+        while let Some(Control::Reload(reply)) = control.recv().await {
+            lifecycle::notify_reloading();
+            let result = reload(&shared, self.config_path.as_ref(), &mut accepting);
+            crate::metrics::reload_result(result.is_ok());
+            match &result {
+                Ok(summary) => tracing::info!("config reloaded: {summary}"),
+                Err(e) => tracing::error!("config reload refused, keeping the old one:\n{e}"),
+            }
+            if let Some(reply) = reply {
+                let _ = reply.send(result);
+            }
+            lifecycle::notify_ready();
+        }
+
+        lifecycle::notify_stopping();
+        accepting.stop_all();
+        let grace = shared.snapshot().config.limits.shutdown_grace;
+        let open = shared.open_connections();
+        if open > 0 {
+            tracing::info!("waiting up to {grace:?} for {open} open connections");
+        }
+        if tokio::time::timeout(grace, shared.wait_drained())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "shutdown grace over; closing {} connections",
+                shared.open_connections()
+            );
+        }
+        if let Some(task) = metrics_task {
+            task.abort();
+        }
+        Ok(())
+    }
+}
+
+async fn start_metrics(config: &Config) -> anyhow::Result<Option<JoinHandle<()>>> {
+    let (Some(addr), Some(handle)) = (config.metrics.listen, crate::metrics::install()) else {
+        return Ok(None);
+    };
+    let listener = crate::metrics::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    Ok(Some(tokio::spawn(crate::metrics::serve(listener, handle))))
+}
+
+/// Accept loops by configured address.
+#[derive(Default)]
+struct Accepting {
+    loops: HashMap<SocketAddr, (watch::Sender<bool>, JoinHandle<()>)>,
+}
+
+impl Accepting {
+    fn start(
+        &mut self,
+        addr: SocketAddr,
+        listener: std::net::TcpListener,
+        shared: &Arc<Shared>,
+    ) -> anyhow::Result<()> {
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .with_context(|| format!("cannot register listener {addr}"))?;
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(listener::accept_loop(listener, Arc::clone(shared), stopped));
+        self.loops.insert(addr, (stop, task));
+        Ok(())
+    }
+
+    fn stop(&mut self, addr: &SocketAddr) {
+        if let Some((stop, _task)) = self.loops.remove(addr) {
+            let _ = stop.send(true);
+        }
+    }
+
+    fn stop_all(&mut self) {
+        let addrs: Vec<SocketAddr> = self.loops.keys().copied().collect();
+        for addr in addrs {
+            self.stop(&addr);
+        }
+    }
+}
+
+/// Loads the config file with the same code as `check`; on success swaps the
+/// snapshot, reconfigures the guard, reopens the log and adjusts listeners.
+fn reload(
+    shared: &Arc<Shared>,
+    path: Option<&PathBuf>,
+    accepting: &mut Accepting,
+) -> Result<String, String> {
+    let path = path.ok_or("no config file to reload from")?;
+    let config = config::load(path).map_err(|e| e.to_string())?;
+
+    // Bind new listeners first, so a bad address refuses the whole reload.
+    let mut new_listeners = Vec::new();
+    for &addr in &config.listen {
+        if !accepting.loops.contains_key(&addr) {
+            let l = listener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            new_listeners.push((addr, l));
+        }
+    }
+    for (addr, l) in new_listeners {
+        accepting
+            .start(addr, l, shared)
+            .map_err(|e| format!("{e:#}"))?;
+    }
+    let gone: Vec<SocketAddr> = accepting
+        .loops
+        .keys()
+        .filter(|a| !config.listen.contains(a))
+        .copied()
+        .collect();
+    for addr in &gone {
+        accepting.stop(addr);
+    }
+
+    shared.guard.reconfigure(&config.ban, &config.rate_limit);
+    shared.log.reopen();
+    let summary = format!(
+        "{} listeners, {} routes",
+        config.listen.len(),
+        config.routes.len()
+    );
+    shared.snapshot.store(Arc::new(Snapshot::new(config)));
+    Ok(summary)
+}
