@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sniroute::config::{self, LoadError};
-use sniroute::server::{Control, Server};
+use sniroute::server::Server;
 use tokio::sync::mpsc;
 
 /// Where `run` and the admin commands look for the config by default.
@@ -80,10 +80,18 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.workers.max(1))
-        .enable_all()
-        .build();
+    raise_fd_limit();
+    // One worker: a current-thread runtime skips the cross-thread wake-ups.
+    let runtime = if config.workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.workers)
+            .enable_all()
+            .build()
+    };
     let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
@@ -92,7 +100,10 @@ fn run(path: PathBuf) -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        let server = Server::bind(config, Some(path))?;
+        let server = match systemd_listeners()? {
+            Some(listeners) => Server::activated(config, Some(path), listeners)?,
+            None => Server::bind(config, Some(path))?,
+        };
         let addrs = server.local_addrs();
         let (tx, rx) = mpsc::channel(8);
         sniroute::lifecycle::spawn_signal_handler(tx)?;
@@ -113,5 +124,32 @@ fn run(path: PathBuf) -> ExitCode {
     }
 }
 
-#[allow(dead_code)]
-fn _unused(_: Control) {}
+/// Raises the soft open-files limit to the hard one: every connection costs
+/// two descriptors, and the usual soft default of 1024 would cap sniroute near
+/// 500 connections, far below `max_connections`.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!("cannot raise the open-files limit: {e}");
+        }
+    }
+}
+
+/// Listening sockets passed by systemd socket activation (`LISTEN_FDS`), if any.
+fn systemd_listeners() -> anyhow::Result<Option<Vec<std::net::TcpListener>>> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() == 0 {
+        return Ok(None);
+    }
+    let mut listeners = Vec::new();
+    for index in 0..fds.len() {
+        match fds.take_tcp_listener(index)? {
+            Some(listener) => listeners.push(listener),
+            None => anyhow::bail!("LISTEN_FDS: fd {} is not a TCP listener", 3 + index),
+        }
+    }
+    Ok(Some(listeners))
+}

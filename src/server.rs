@@ -115,6 +115,9 @@ pub struct Server {
     config_path: Option<PathBuf>,
     /// Keyed by the configured address (which may say port 0).
     listeners: Vec<(SocketAddr, std::net::TcpListener)>,
+    /// Listeners handed over by systemd socket activation: a reload never
+    /// adds or removes listeners then (systemd owns them).
+    activated: bool,
 }
 
 impl Server {
@@ -155,7 +158,28 @@ impl Server {
             shared,
             config_path,
             listeners,
+            activated: false,
         })
+    }
+
+    /// Builds the server on sockets passed by systemd (`LISTEN_FDS`); the
+    /// config's `listen` is then ignored, also on reload.
+    pub fn activated(
+        config: Config,
+        config_path: Option<PathBuf>,
+        listeners: Vec<std::net::TcpListener>,
+    ) -> anyhow::Result<Server> {
+        let listeners = listeners
+            .into_iter()
+            .map(|l| {
+                l.set_nonblocking(true)?;
+                Ok((l.local_addr()?, l))
+            })
+            .collect::<std::io::Result<Vec<_>>>()
+            .context("unusable socket from systemd")?;
+        let mut server = Server::with_listeners(config, config_path, listeners)?;
+        server.activated = true;
+        Ok(server)
     }
 
     /// The addresses actually bound (port 0 resolved).
@@ -183,7 +207,8 @@ impl Server {
 
         while let Some(Control::Reload(reply)) = control.recv().await {
             lifecycle::notify_reloading();
-            let result = reload(&shared, self.config_path.as_ref(), &mut accepting);
+            let listeners = (!self.activated).then_some(&mut accepting);
+            let result = reload(&shared, self.config_path.as_ref(), listeners);
             crate::metrics::reload_result(result.is_ok());
             match &result {
                 Ok(summary) => tracing::info!("config reloaded: {summary}"),
@@ -268,34 +293,13 @@ impl Accepting {
 fn reload(
     shared: &Arc<Shared>,
     path: Option<&PathBuf>,
-    accepting: &mut Accepting,
+    accepting: Option<&mut Accepting>,
 ) -> Result<String, String> {
     let path = path.ok_or("no config file to reload from")?;
     let config = config::load(path).map_err(|e| e.to_string())?;
-
-    // Bind new listeners first, so a bad address refuses the whole reload.
-    let mut new_listeners = Vec::new();
-    for &addr in &config.listen {
-        if !accepting.loops.contains_key(&addr) {
-            let l = listener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-            new_listeners.push((addr, l));
-        }
+    if let Some(accepting) = accepting {
+        accepting.follow(&config.listen, shared)?;
     }
-    for (addr, l) in new_listeners {
-        accepting
-            .start(addr, l, shared)
-            .map_err(|e| format!("{e:#}"))?;
-    }
-    let gone: Vec<SocketAddr> = accepting
-        .loops
-        .keys()
-        .filter(|a| !config.listen.contains(a))
-        .copied()
-        .collect();
-    for addr in &gone {
-        accepting.stop(addr);
-    }
-
     shared.guard.reconfigure(&config.ban, &config.rate_limit);
     shared.log.reopen();
     let summary = format!(
@@ -305,4 +309,32 @@ fn reload(
     );
     shared.snapshot.store(Arc::new(Snapshot::new(config)));
     Ok(summary)
+}
+
+impl Accepting {
+    /// Starts and stops accept loops so they match `listen`. New addresses are
+    /// bound first, so one that cannot be bound refuses the reload untouched.
+    fn follow(&mut self, listen: &[SocketAddr], shared: &Arc<Shared>) -> Result<(), String> {
+        let mut new_listeners = Vec::new();
+        for &addr in listen {
+            if !self.loops.contains_key(&addr) {
+                let l =
+                    listener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+                new_listeners.push((addr, l));
+            }
+        }
+        for (addr, l) in new_listeners {
+            self.start(addr, l, shared).map_err(|e| format!("{e:#}"))?;
+        }
+        let gone: Vec<SocketAddr> = self
+            .loops
+            .keys()
+            .filter(|a| !listen.contains(a))
+            .copied()
+            .collect();
+        for addr in &gone {
+            self.stop(addr);
+        }
+        Ok(())
+    }
 }
