@@ -48,7 +48,7 @@ fn check(path: &std::path::Path) -> ExitCode {
     match config::load(path) {
         Ok(config) => {
             println!("{}: configuration is valid", path.display());
-            print!("{}", config.summary());
+            println!("{}", config.summary());
             ExitCode::SUCCESS
         }
         Err(e @ LoadError::Unreadable { .. }) => {

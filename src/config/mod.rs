@@ -1,0 +1,275 @@
+//! The configuration: private serde types (`raw`) turned into typed values
+//! (`Config`), with every problem reported as `PATH:LINE:COL: message`.
+//! `sniroute check`, `sniroute run` and a reload all go through [`load`].
+//! Never touches the network.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::hostname::HostName;
+use crate::outcome::Outcome;
+
+mod build;
+mod check;
+mod keys;
+mod raw;
+mod summary;
+
+/// A fully checked configuration. Every field is a typed value with its default
+/// applied; nothing is "optional now, checked later".
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `listen` (required, one or more `IP:PORT`): addresses to accept client
+    /// connections on (IPv6 listeners are v6-only). No duplicates.
+    pub listen: Vec<SocketAddr>,
+    /// `workers` (default 0): threads serving connections; 0 in the file becomes
+    /// the number of CPU cores, so this is always >= 1.
+    pub workers: usize,
+    /// `splice` (default true): use splice(2) to relay on Linux; false forces a plain copy.
+    pub splice: bool,
+    /// `[limits]`.
+    pub limits: Limits,
+    /// `[tls]`.
+    pub tls: TlsPolicy,
+    /// `[[route]]` (at least one), in file order; route names are unique, SNI
+    /// patterns are unique across routes.
+    pub routes: Vec<Route>,
+    /// `[unknown]`: where a valid hello with an unknown or missing SNI goes.
+    /// `None` = `action = "reject"` (the default); `Some` = `action = "forward"`,
+    /// a route named `unknown` with no SNI patterns.
+    pub fallback: Option<Route>,
+    /// `[ban]`.
+    pub ban: BanConfig,
+    /// `[rate_limit]`.
+    pub rate_limit: RateLimitConfig,
+    /// `[metrics]`.
+    pub metrics: MetricsConfig,
+    /// `[admin]`.
+    pub admin: AdminConfig,
+    /// `[log]`.
+    pub log: LogConfig,
+}
+
+/// `[limits]`: time and size bounds on every connection.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// `client_hello_timeout` (default "5s", > 0): the whole ClientHello must arrive within this.
+    pub client_hello_timeout: Duration,
+    /// `max_client_hello` (default 16384, 512..=65536): bytes received before the
+    /// decision, record headers included; more is outcome `too_large`.
+    pub max_client_hello: usize,
+    /// `connect_timeout` (default "3s", > 0): per backend connect attempt.
+    pub connect_timeout: Duration,
+    /// `idle_timeout` (default "15m", > 0): no bytes either way for this long closes.
+    pub idle_timeout: Duration,
+    /// `max_connections` (default 20000, >= 1): open client connections; beyond, outcome `overloaded`.
+    pub max_connections: usize,
+    /// `shutdown_grace` (default "30s", may be "0s"): how long open connections may finish at stop.
+    pub shutdown_grace: Duration,
+}
+
+/// `[tls]`: what a ClientHello must offer to be routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsPolicy {
+    /// `min_version` (default "1.2"; "1.0", "1.1", "1.2" or "1.3") as its wire
+    /// value 0x0301..=0x0304: a hello offering nothing at or above it is outcome `policy`.
+    pub min_version: u16,
+}
+
+/// One entry of a route's `sni` list, canonical (lower case, no trailing dot).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    /// `myapp.example.org`
+    Exact(HostName),
+    /// `*.example.org`, stored as the suffix `example.org`; matches one or more labels before it.
+    Wildcard(HostName),
+}
+
+impl std::fmt::Display for HostPattern {
+    /// As written in `sni`, canonical: `myapp.example.org`, `*.example.org`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostPattern::Exact(name) => write!(f, "{name}"),
+            HostPattern::Wildcard(suffix) => write!(f, "*.{suffix}"),
+        }
+    }
+}
+
+/// `proxy_protocol` of a route: how the backend learns the client's real address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// `"none"` (the default): the raw stream only.
+    None,
+    /// `"v1"`: the text PROXY header.
+    V1,
+    /// `"v2"`: the binary PROXY header.
+    V2,
+}
+
+/// A `[[route]]` (or the `[unknown]` forward fallback).
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The first entry of `sni` in canonical text (`*.` kept for wildcards):
+    /// the `route` label in logs and metrics. The fallback route is named `unknown`.
+    pub name: String,
+    /// `sni` (required, non-empty): exact names or `*.suffix` wildcards. Empty for the fallback.
+    pub sni: Vec<HostPattern>,
+    /// `backend = "IP:PORT"` or `backends = [...]` (exactly one of them, required):
+    /// at least one address, tried in order when one refuses.
+    pub backends: Vec<SocketAddr>,
+    /// `proxy_protocol` (default "none"; "none", "v1" or "v2").
+    pub proxy_protocol: ProxyProtocol,
+}
+
+/// `[ban]`: fail2ban-style strikes and bans.
+#[derive(Debug, Clone)]
+pub struct BanConfig {
+    /// `enabled` (default true): strike and ban at all.
+    pub enabled: bool,
+    /// `max_retry` (default 1, >= 1): strikes within `find_time` that earn a ban.
+    pub max_retry: u32,
+    /// `find_time` (default "1h", > 0): the window strikes are counted in.
+    pub find_time: Duration,
+    /// `ban_time` (default "365d", > 0): how long a ban lasts.
+    pub ban_time: Duration,
+    /// `ignore` (default empty): never struck, banned nor rate-limited; bare
+    /// addresses become /32 or /128, host bits are cleared.
+    pub ignore: Vec<IpNet>,
+    /// `strike_on` (default unknown_sni, no_sni, not_tls; also possible: timeout,
+    /// policy, too_large): outcomes that count as a strike. No duplicates.
+    pub strike_on: Vec<Outcome>,
+    /// `ipv6_prefix` (default 64, 1..=128): IPv6 clients are struck and banned per this prefix.
+    pub ipv6_prefix: u8,
+    /// `state_file` (default "/var/lib/sniroute/bans.json"); `None` when
+    /// `state_file = ""`: bans live in memory only.
+    pub state_file: Option<PathBuf>,
+}
+
+/// `[rate_limit]`: a token bucket per source address (per `ipv6_prefix` for IPv6).
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitConfig {
+    /// `per_ip` (default 20): new connections per second per source; 0 disables the limit.
+    pub per_ip: u32,
+    /// `burst` (default 40; >= 1 when `per_ip` > 0): the bucket size.
+    pub burst: u32,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// `listen` (default "127.0.0.1:9151"); `None` when `listen = ""`: no metrics endpoint.
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[admin]`: the control socket.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// `socket` (default "/run/sniroute/admin.sock"); `None` when `socket = ""`: no admin socket.
+    pub socket: Option<PathBuf>,
+}
+
+/// `log.access`: where access-log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLog {
+    /// `"stdout"` (the default).
+    Stdout,
+    /// `"off"`.
+    Off,
+    /// Any other string: a file path, appended to.
+    File(PathBuf),
+}
+
+/// `log.format`: how access-log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `"text"` (the default): the fail2ban-friendly line of the SPEC.
+    Text,
+    /// `"json"`: the same fields as keys.
+    Json,
+}
+
+/// `[log]`: the access log.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// `access` (default "stdout"; "stdout", "off" or a path).
+    pub access: AccessLog,
+    /// `format` (default "text"; "text" or "json").
+    pub format: LogFormat,
+}
+
+/// One problem in a config file, at a 1-based line and column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub col: usize,
+    /// What is wrong and what is expected, key path first (`route[2].backend: ...`).
+    pub message: String,
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug)]
+pub enum LoadError {
+    /// The file could not be read (exit status 2 for `check`).
+    Unreadable { path: String, error: std::io::Error },
+    /// The file was read but is not a valid config (exit status 1 for `check`).
+    Invalid {
+        path: String,
+        diagnostics: Vec<Diagnostic>,
+    },
+}
+
+impl std::fmt::Display for LoadError {
+    /// One line per problem: `PATH:LINE:COL: message`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::Unreadable { path, error } => write!(f, "{path}: cannot read: {error}"),
+            LoadError::Invalid { path, diagnostics } => {
+                for (i, d) in diagnostics.iter().enumerate() {
+                    if i > 0 {
+                        writeln!(f)?;
+                    }
+                    write!(f, "{path}:{}:{}: {}", d.line, d.col, d.message)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// Reads and checks the config at `path`; `path` is echoed as given in messages.
+pub fn load(path: &std::path::Path) -> Result<Config, LoadError> {
+    let label = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|error| LoadError::Unreadable {
+        path: label.clone(),
+        error,
+    })?;
+    parse_str(&text).map_err(|diagnostics| LoadError::Invalid {
+        path: label,
+        diagnostics,
+    })
+}
+
+/// Parses and checks config text, collecting every problem it can find,
+/// sorted by position. A TOML syntax error stops at the first one; unknown
+/// keys, wrong types and bad values are all reported together.
+pub fn parse_str(text: &str) -> Result<Config, Vec<Diagnostic>> {
+    let src = raw::Source::new(text);
+    let mut diagnostics = Vec::new();
+    let config =
+        raw::parse(&src, &mut diagnostics).map(|raw| build::build(&src, raw, &mut diagnostics));
+    match config {
+        Some(config) if diagnostics.is_empty() => Ok(config),
+        _ => {
+            diagnostics.sort_by_key(|d| (d.line, d.col));
+            diagnostics.dedup();
+            Err(diagnostics)
+        }
+    }
+}

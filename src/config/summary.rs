@@ -1,0 +1,166 @@
+//! The short human summary `sniroute check` prints for a valid config, like
+//! `nginx -t`: listeners, routes, what unknown names get, ban and rate policy.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use super::{AccessLog, Config, LogFormat, ProxyProtocol, Route};
+
+impl Config {
+    /// A short human summary for `sniroute check`: listeners, routes, ban policy.
+    /// One fact per line, no trailing newline.
+    pub fn summary(&self) -> String {
+        let mut lines = Vec::new();
+        let listen: Vec<String> = self.listen.iter().map(ToString::to_string).collect();
+        let splice = if self.splice {
+            "relay by splice"
+        } else {
+            "relay by plain copy"
+        };
+        lines.push(format!(
+            "listen: {} ({} workers, {splice})",
+            listen.join(", "),
+            self.workers
+        ));
+        let l = &self.limits;
+        lines.push(format!(
+            "limits: hello within {} and {} bytes, connect {}, idle {}, {} connections, grace {}",
+            human(l.client_hello_timeout),
+            l.max_client_hello,
+            human(l.connect_timeout),
+            human(l.idle_timeout),
+            l.max_connections,
+            human(l.shutdown_grace),
+        ));
+        let minor = self.tls.min_version.saturating_sub(0x0301);
+        lines.push(format!("tls: min_version 1.{minor}"));
+        let plural = if self.routes.len() == 1 { "" } else { "s" };
+        lines.push(format!("{} route{plural}:", self.routes.len()));
+        for route in &self.routes {
+            lines.push(format!("  {}", route_line(route)));
+        }
+        lines.push(match &self.fallback {
+            None => "unknown or missing SNI: reject (close without a byte)".to_string(),
+            Some(route) => format!("unknown or missing SNI: forward, {}", route_line(route)),
+        });
+        lines.push(self.ban_line());
+        let r = &self.rate_limit;
+        lines.push(match r.per_ip {
+            0 => "rate limit: off".to_string(),
+            n => format!(
+                "rate limit: {n} new connections/s per address, burst {}",
+                r.burst
+            ),
+        });
+        lines.push(match &self.metrics.listen {
+            Some(addr) => format!("metrics: http://{addr}/metrics"),
+            None => "metrics: off".to_string(),
+        });
+        lines.push(match &self.admin.socket {
+            Some(path) => format!("admin socket: {}", path.display()),
+            None => "admin socket: off".to_string(),
+        });
+        let format = match self.log.format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        };
+        lines.push(match &self.log.access {
+            AccessLog::Stdout => format!("access log: stdout ({format})"),
+            AccessLog::Off => "access log: off".to_string(),
+            AccessLog::File(path) => format!("access log: {} ({format})", path.display()),
+        });
+        lines.join("\n")
+    }
+
+    fn ban_line(&self) -> String {
+        let b = &self.ban;
+        if !b.enabled {
+            return "ban: off".to_string();
+        }
+        let strikes: Vec<&str> = b.strike_on.iter().map(|o| o.as_str()).collect();
+        let state = match &b.state_file {
+            Some(path) => path.display().to_string(),
+            None => "memory only".to_string(),
+        };
+        format!(
+            "ban: {} strike{} within {} -> banned for {}; strike on {}; IPv6 per /{}; {} ignore entr{}; state {state}",
+            b.max_retry,
+            if b.max_retry == 1 { "" } else { "s" },
+            human(b.find_time),
+            human(b.ban_time),
+            if strikes.is_empty() {
+                "nothing (manual bans only)".to_string()
+            } else {
+                strikes.join(", ")
+            },
+            b.ipv6_prefix,
+            b.ignore.len(),
+            if b.ignore.len() == 1 { "y" } else { "ies" },
+        )
+    }
+}
+
+/// `myapp.example.org (+1 name) -> 10.0.0.5:443 (proxy_protocol v2)`.
+fn route_line(route: &Route) -> String {
+    let mut line = match route.sni.first() {
+        Some(first) => first.to_string(),
+        None => route.name.clone(),
+    };
+    match route.sni.len() {
+        0 | 1 => {}
+        2 => line.push_str(" (+1 name)"),
+        n => {
+            let _ = write!(line, " (+{} names)", n - 1);
+        }
+    }
+    let backends: Vec<String> = route.backends.iter().map(ToString::to_string).collect();
+    let _ = write!(line, " -> {}", backends.join(", "));
+    match route.proxy_protocol {
+        ProxyProtocol::None => {}
+        ProxyProtocol::V1 => line.push_str(" (proxy_protocol v1)"),
+        ProxyProtocol::V2 => line.push_str(" (proxy_protocol v2)"),
+    }
+    line
+}
+
+/// A duration in the config's own notation, largest units first: `1h30m`, `365d`, `500ms`.
+pub(super) fn human(d: Duration) -> String {
+    /// Units from the largest; days are the largest so "365d" stays "365d".
+    const UNITS: [(&str, u128); 5] = [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+        ("ms", 1),
+    ];
+    let mut ms = d.as_millis();
+    if ms == 0 {
+        return if d.is_zero() {
+            "0s".to_string()
+        } else {
+            format!("{}ns", d.as_nanos())
+        };
+    }
+    let mut out = String::new();
+    for (unit, size) in UNITS {
+        if ms >= size {
+            let _ = write!(out, "{}{unit}", ms / size);
+            ms %= size;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_the_config() {
+        assert_eq!(human(Duration::from_secs(365 * 86_400)), "365d");
+        assert_eq!(human(Duration::from_secs(5400)), "1h30m");
+        assert_eq!(human(Duration::from_millis(500)), "500ms");
+        assert_eq!(human(Duration::ZERO), "0s");
+        assert_eq!(human(Duration::from_nanos(5)), "5ns");
+    }
+}
