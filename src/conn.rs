@@ -44,9 +44,8 @@ pub fn finish(
     accepted: Instant,
 ) {
     shared.metrics.ended(outcome);
-    if outcome != Outcome::Routed {
-        shared.guard.strike(peer.ip().to_canonical(), outcome);
-    }
+    // Counts every outcome for `status`; strikes only those in `strike_on`.
+    shared.guard.strike(peer.ip().to_canonical(), outcome);
     shared.log.write(peer, outcome, entry, accepted.elapsed());
 }
 

@@ -9,6 +9,7 @@
 //! - `accesslog`, `metrics`, `admin`, `lifecycle`; `server` ties them together.
 
 pub mod accesslog;
+pub mod admin;
 pub mod clienthello;
 pub mod config;
 pub mod conn;

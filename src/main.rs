@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use sniroute::admin::Request;
 use sniroute::config::{self, LoadError};
 use sniroute::server::Server;
 use tokio::sync::mpsc;
@@ -34,6 +35,49 @@ enum Command {
         /// Config file.
         path: PathBuf,
     },
+    /// Connections by outcome and ban counts, from the running daemon.
+    Status(AdminArgs),
+    /// List, add or remove bans in the running daemon.
+    Bans {
+        #[command(subcommand)]
+        command: BansCommand,
+    },
+    /// Ask the running daemon to reload its config (like SIGHUP).
+    Reload(AdminArgs),
+}
+
+#[derive(Subcommand)]
+enum BansCommand {
+    /// Addresses and prefixes banned now, with reason, strikes and expiry.
+    List(AdminArgs),
+    /// Ban an address or CIDR prefix by hand.
+    Add {
+        /// Address (`203.0.113.7`, `2001:db8::1`) or prefix (`203.0.113.0/24`).
+        addr: String,
+        /// How long (`1h`, `30d`); default `ban.ban_time`.
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Lift the bans covering an address, or exactly one prefix.
+    Remove {
+        /// Address or prefix.
+        addr: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// How the admin commands find the daemon.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Config file (read only to find `admin.socket`).
+    #[arg(short, long, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -41,6 +85,50 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { path } => check(&path),
         Command::Run { config } => run(config),
+        Command::Status(args) => admin(&args, Request::Status),
+        Command::Reload(args) => admin(&args, Request::Reload),
+        Command::Bans { command } => match command {
+            BansCommand::List(args) => admin(&args, Request::BansList),
+            BansCommand::Add {
+                addr,
+                duration,
+                admin: args,
+            } => admin(&args, Request::BansAdd { addr, duration }),
+            BansCommand::Remove { addr, admin: args } => admin(&args, Request::BansRemove { addr }),
+        },
+    }
+}
+
+/// Sends one admin request; exit 0 done, 1 refused, 2 daemon not reachable
+/// (or no admin socket configured).
+fn admin(args: &AdminArgs, request: Request) -> ExitCode {
+    let socket = match config::load(&args.config) {
+        Ok(config) => config.admin.socket,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(socket) = socket else {
+        eprintln!(
+            "{}: admin.socket is \"\": the admin socket is disabled",
+            args.config.display()
+        );
+        return ExitCode::from(2);
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let result = match runtime {
+        Ok(rt) => rt.block_on(sniroute::admin::run_command(&socket, &request, args.json)),
+        Err(e) => Err(e.into()),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -68,6 +156,7 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 

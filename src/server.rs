@@ -13,6 +13,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::accesslog::AccessLog;
+use crate::admin::AdminServer;
 use crate::config::{self, Config, Route};
 use crate::guard::Guard;
 use crate::lifecycle;
@@ -203,9 +204,31 @@ impl Server {
             accepting.start(addr, l, &shared)?;
         }
         let metrics_task = start_metrics(&shared.snapshot().config).await?;
+        let housekeeping = shared
+            .guard
+            .spawn_housekeeping()
+            .context("cannot start the guard's housekeeping")?;
+        // Admin `reload` requests join the signal-fed control channel here.
+        let (admin_tx, mut admin_rx) = mpsc::channel(8);
+        let admin_task = match &shared.snapshot().config.admin.socket {
+            Some(path) => {
+                let admin = AdminServer::bind(path)?;
+                Some(tokio::spawn(
+                    admin.serve(Arc::clone(&shared.guard), Some(admin_tx)),
+                ))
+            }
+            None => None,
+        };
         lifecycle::notify_ready();
 
-        while let Some(Control::Reload(reply)) = control.recv().await {
+        loop {
+            let request = tokio::select! {
+                request = control.recv() => request,
+                Some(request) = admin_rx.recv() => Some(request),
+            };
+            let Some(Control::Reload(reply)) = request else {
+                break;
+            };
             lifecycle::notify_reloading();
             let listeners = (!self.activated).then_some(&mut accepting);
             let result = reload(&shared, self.config_path.as_ref(), listeners);
@@ -236,9 +259,11 @@ impl Server {
                 shared.open_connections()
             );
         }
-        if let Some(task) = metrics_task {
+        for task in [metrics_task, admin_task].into_iter().flatten() {
             task.abort();
         }
+        // Writes pending ban changes (fsync) before returning.
+        let _ = tokio::task::spawn_blocking(move || housekeeping.stop()).await;
         Ok(())
     }
 }
