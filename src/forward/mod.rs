@@ -1,38 +1,59 @@
 //! Connecting to a backend and relaying bytes both ways, untouched, with
 //! half-close and an idle timeout. `splice.rs` is the only place that knows pipes.
+//!
+//! - `connect.rs`: backends in turn, a timeout per attempt, NODELAY + keepalive;
+//! - `proxy_protocol.rs`: the PROXY v1/v2 header the caller writes first;
+//! - [`relay`] (here): both directions polled by ONE task, no spawn per
+//!   direction, each direction a small state machine: `splice.rs` (Linux,
+//!   socket -> pipe -> socket) or `copy.rs` (a lazily allocated buffer).
+//!
+//! Relay invariants (both paths):
+//! - every syscall is a `try_*`/`try_io` right after `poll_*_ready` said
+//!   ready, so WouldBlock clears tokio's readiness; EINTR is retried;
+//! - a direction that reads EOF first writes out everything it holds (drains
+//!   its pipe or buffer), then `shutdown(Write)`s its destination, and the
+//!   other direction keeps flowing; the relay is Ok once both did that;
+//! - any error (reset, EPIPE) ends the relay at once and both sockets close
+//!   when they are dropped; no I/O error panics;
+//! - `idle_timeout` without a byte read or written either way ends it with
+//!   `TimedOut`; the timer is re-armed lazily (once per expiry, not per chunk);
+//! - splice: pipe size is a soft wish; no pipe (EMFILE...) -> that direction
+//!   goes on with the plain copy; pipes are pooled, at most
+//!   [`PIPE_POOL_CAP`] idle, held by a direction only while bytes are in flight.
 
+mod connect;
+mod copy;
+mod proxy_protocol;
+#[cfg(target_os = "linux")]
+mod splice;
+
+use std::future::poll_fn;
 use std::io;
-use std::net::SocketAddr;
+use std::pin::pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use socket2::SockRef;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
-use crate::config::ProxyProtocol;
+pub use connect::{ConnectError, connect};
+pub use proxy_protocol::proxy_header;
 
-/// Why no backend could be reached.
-#[derive(Debug)]
-pub struct ConnectError {
-    /// The last error seen (refused, timed out, ...).
-    pub last: io::Error,
-}
+/// Most idle pipes kept for reuse by the splice path (0 where there is none).
+#[cfg(target_os = "linux")]
+pub const PIPE_POOL_CAP: usize = splice::POOL_CAP;
+/// Most idle pipes kept for reuse by the splice path (0 where there is none).
+#[cfg(not(target_os = "linux"))]
+pub const PIPE_POOL_CAP: usize = 0;
 
-/// Connects to the first backend of `backends` that accepts within `timeout`
-/// each, trying the next one when one refuses or times out. Sets TCP_NODELAY
-/// and keepalive on the new socket. Returns the stream and the address used.
-pub async fn connect(
-    backends: &[SocketAddr],
-    timeout: Duration,
-) -> Result<(TcpStream, SocketAddr), ConnectError> {
-    let _ = (backends, timeout);
-    Err(ConnectError {
-        last: io::Error::other("not implemented"),
-    })
-}
-
-/// Appends the PROXY protocol header (`kind` v1 or v2; nothing for `None`) that
-/// tells the backend the client is `client` and it connected to `local`.
-pub fn proxy_header(kind: ProxyProtocol, client: SocketAddr, local: SocketAddr, out: &mut Vec<u8>) {
-    let _ = (kind, client, local, out);
+/// Idle splice pipes held in the pool right now (for tests and metrics);
+/// always at most [`PIPE_POOL_CAP`].
+pub fn idle_pipes() -> usize {
+    #[cfg(target_os = "linux")]
+    return splice::idle_pipes();
+    #[cfg(not(target_os = "linux"))]
+    return 0;
 }
 
 /// How to relay.
@@ -47,7 +68,9 @@ pub struct RelayOptions {
 /// Live byte counters (metrics handles); incremented as bytes move.
 #[derive(Clone)]
 pub struct ByteCounters {
+    /// Client -> backend bytes.
     pub up: metrics::Counter,
+    /// Backend -> client bytes.
     pub down: metrics::Counter,
 }
 
@@ -64,17 +87,148 @@ pub struct RelayEnd {
 }
 
 /// Relays both ways until both directions are done (EOF passed on as a
-/// half-close), an error, or the idle timeout.
+/// half-close), an error, or the idle timeout. Both streams are closed on
+/// return. Bytes are counted when written to their destination.
 pub async fn relay(
     client: TcpStream,
     backend: TcpStream,
     opts: RelayOptions,
     counters: &ByteCounters,
 ) -> RelayEnd {
-    let _ = (client, backend, opts, counters);
+    let mut up = Meter::new(&counters.up);
+    let mut down = Meter::new(&counters.down);
+    let mut up_half = Half::new(opts.splice);
+    let mut down_half = Half::new(opts.splice);
+    let mut last_active = Instant::now();
+    let mut idle = pin!(tokio::time::sleep_until(deadline(
+        last_active,
+        opts.idle_timeout
+    )));
+
+    let result = poll_fn(|cx| {
+        let up_poll = up_half.poll(cx, &client, &backend, &mut up);
+        let down_poll = down_half.poll(cx, &backend, &client, &mut down);
+        match (up_poll, down_poll) {
+            (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),
+            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(Ok(())),
+            _ => {}
+        }
+        if up.take_active() | down.take_active() {
+            last_active = Instant::now();
+        }
+        loop {
+            ready!(idle.as_mut().poll(cx));
+            let due = deadline(last_active, opts.idle_timeout);
+            if due <= Instant::now() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no bytes either way for {:?}", opts.idle_timeout),
+                )));
+            }
+            idle.as_mut().reset(due);
+        }
+    })
+    .await;
+
     RelayEnd {
-        up: 0,
-        down: 0,
-        result: Err(io::Error::other("not implemented")),
+        up: up.total,
+        down: down.total,
+        result,
     }
+}
+
+/// `from + idle`, saturating far in the future instead of overflowing.
+fn deadline(from: Instant, idle: Duration) -> Instant {
+    /// About 30 years: "never" for a connection, and safe to add to now.
+    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+    from.checked_add(idle)
+        .or_else(|| from.checked_add(FAR))
+        .unwrap_or(from)
+}
+
+/// One direction: its byte count, its metrics counter, and whether it moved
+/// anything since the relay last looked.
+struct Meter<'a> {
+    counter: &'a metrics::Counter,
+    total: u64,
+    active: bool,
+}
+
+impl<'a> Meter<'a> {
+    fn new(counter: &'a metrics::Counter) -> Self {
+        Meter {
+            counter,
+            total: 0,
+            active: false,
+        }
+    }
+
+    /// `n` bytes reached the destination (one chunk, one counter update).
+    fn moved(&mut self, n: usize) {
+        let n = n as u64;
+        self.total = self.total.saturating_add(n);
+        self.counter.increment(n);
+        self.active = true;
+    }
+
+    /// Bytes (or EOF) arrived from the source.
+    fn touched(&mut self) {
+        self.active = true;
+    }
+
+    fn take_active(&mut self) -> bool {
+        std::mem::take(&mut self.active)
+    }
+}
+
+/// The state of one direction.
+enum Half {
+    Copy(copy::CopyHalf),
+    #[cfg(target_os = "linux")]
+    Splice(splice::SpliceHalf),
+    /// EOF passed on.
+    Done,
+}
+
+impl Half {
+    fn new(splice: bool) -> Half {
+        #[cfg(target_os = "linux")]
+        if splice {
+            return Half::Splice(splice::SpliceHalf::new());
+        }
+        let _ = splice;
+        Half::Copy(copy::CopyHalf::new())
+    }
+
+    /// Ready(Ok) once this direction is done (and stays so).
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &TcpStream,
+        to: &TcpStream,
+        meter: &mut Meter<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            match self {
+                Half::Done => return Poll::Ready(Ok(())),
+                Half::Copy(half) => {
+                    ready!(half.poll(cx, from, to, meter))?;
+                    *self = Half::Done;
+                }
+                #[cfg(target_os = "linux")]
+                Half::Splice(half) => match ready!(half.poll(cx, from, to, meter))? {
+                    splice::Flow::Done => *self = Half::Done,
+                    splice::Flow::NoPipe(e) => {
+                        tracing::debug!(error = %e, "no pipe for splice; plain copy instead");
+                        *self = Half::Copy(copy::CopyHalf::new());
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Passes a FIN on: no more bytes will be written to `to`.
+fn shutdown_write(to: &TcpStream) -> io::Result<()> {
+    SockRef::from(to).shutdown(std::net::Shutdown::Write)
 }

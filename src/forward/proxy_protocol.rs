@@ -25,14 +25,8 @@ const V2_TCP6_LEN: u16 = 36;
 
 /// The pair of endpoints, in one address family.
 enum Pair {
-    V4 {
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
-    },
-    V6 {
-        src: Ipv6Addr,
-        dst: Ipv6Addr,
-    },
+    V4 { src: Ipv4Addr, dst: Ipv4Addr },
+    V6 { src: Ipv6Addr, dst: Ipv6Addr },
 }
 
 impl Pair {
@@ -103,7 +97,12 @@ mod tests {
 
     fn header(kind: ProxyProtocol, client: &str, local: &str) -> Vec<u8> {
         let mut out = b"keep".to_vec();
-        proxy_header(kind, client.parse().unwrap(), local.parse().unwrap(), &mut out);
+        proxy_header(
+            kind,
+            client.parse().unwrap(),
+            local.parse().unwrap(),
+            &mut out,
+        );
         assert_eq!(&out[..4], b"keep", "appends, never overwrites");
         out.split_off(4)
     }
@@ -124,7 +123,11 @@ mod tests {
     #[test]
     fn v1_tcp6() {
         assert_eq!(
-            header(ProxyProtocol::V1, "[2001:db8::7]:51234", "[2001:db8::1]:443"),
+            header(
+                ProxyProtocol::V1,
+                "[2001:db8::7]:51234",
+                "[2001:db8::1]:443"
+            ),
             b"PROXY TCP6 2001:db8::7 2001:db8::1 51234 443\r\n"
         );
     }
@@ -174,7 +177,11 @@ mod tests {
     #[test]
     fn v2_mapped_pair_is_tcp4() {
         assert_eq!(
-            header(ProxyProtocol::V2, "[::ffff:203.0.113.7]:51234", "192.0.2.1:443"),
+            header(
+                ProxyProtocol::V2,
+                "[::ffff:203.0.113.7]:51234",
+                "192.0.2.1:443"
+            ),
             header(ProxyProtocol::V2, "203.0.113.7:51234", "192.0.2.1:443"),
         );
     }
@@ -187,7 +194,11 @@ mod tests {
         want.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
         want.extend_from_slice(&[0xC8, 0x22, 0x01, 0xBB]);
         assert_eq!(
-            header(ProxyProtocol::V2, "[2001:db8::7]:51234", "[2001:db8::1]:443"),
+            header(
+                ProxyProtocol::V2,
+                "[2001:db8::7]:51234",
+                "[2001:db8::1]:443"
+            ),
             want
         );
     }
