@@ -234,7 +234,7 @@ impl Server {
             let result = reload(&shared, self.config_path.as_ref(), listeners);
             crate::metrics::reload_result(result.is_ok());
             match &result {
-                Ok(summary) => tracing::info!("config reloaded: {summary}"),
+                Ok(summary) => tracing::info!("{summary}"),
                 Err(e) => tracing::error!("config reload refused, keeping the old one:\n{e}"),
             }
             if let Some(reply) = reply {
@@ -328,7 +328,7 @@ fn reload(
     shared.guard.reconfigure(&config.ban, &config.rate_limit);
     shared.log.reopen();
     let summary = format!(
-        "{} listeners, {} routes",
+        "config reloaded: {} listeners, {} routes",
         config.listen.len(),
         config.routes.len()
     );

@@ -14,8 +14,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub trait Clock: Send + Sync + 'static {
     /// Monotonic time since an arbitrary origin fixed when the clock was made.
     fn monotonic(&self) -> Duration;
-    /// Wall-clock seconds since the unix epoch.
-    fn unix_secs(&self) -> u64;
+    /// Wall-clock milliseconds since the unix epoch.
+    fn unix_millis(&self) -> u64;
+    /// Wall-clock whole seconds since the unix epoch.
+    fn unix_secs(&self) -> u64 {
+        self.unix_millis() / 1000
+    }
 }
 
 /// The real clocks: `Instant` and `SystemTime`.
@@ -44,11 +48,11 @@ impl Clock for SystemClock {
         self.origin.elapsed()
     }
 
-    fn unix_secs(&self) -> u64 {
+    fn unix_millis(&self) -> u64 {
         // A system clock before 1970 is a broken host; treat it as the epoch.
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 }
 
@@ -81,7 +85,8 @@ impl Clock for FakeClock {
         Duration::from_nanos(self.nanos.load(Ordering::SeqCst))
     }
 
-    fn unix_secs(&self) -> u64 {
-        self.unix_start + self.monotonic().as_secs()
+    fn unix_millis(&self) -> u64 {
+        let elapsed = u64::try_from(self.monotonic().as_millis()).unwrap_or(u64::MAX);
+        self.unix_start.saturating_mul(1000).saturating_add(elapsed)
     }
 }

@@ -106,19 +106,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Seconds in `d`, rounded up, at least 1: a ban always lasts.
-fn whole_secs(d: Duration) -> u64 {
-    d.as_millis()
-        .div_ceil(1000)
-        .max(1)
-        .try_into()
-        .unwrap_or(u64::MAX)
+/// Milliseconds in `d`, saturating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// `d` in whole seconds, rounded up, for the strike table (u32 seconds
-/// cover 136 years of uptime).
-fn secs_u32(d: Duration) -> u32 {
-    u32::try_from(whole_secs(d)).unwrap_or(u32::MAX)
+/// When a ban made now for `d` ends, in whole unix seconds rounded up, so a
+/// ban always lasts at least `d` (and at least a second).
+fn expiry(clock: &dyn Clock, d: Duration) -> u64 {
+    clock
+        .unix_millis()
+        .saturating_add(millis(d).max(1))
+        .div_ceil(1000)
 }
 
 impl Guard {
@@ -217,7 +216,7 @@ impl Guard {
         let strikes = if policy.max_retry <= 1 {
             1
         } else {
-            let (now, find) = (self.mono_secs(), secs_u32(policy.find_time));
+            let (now, find) = (self.mono_millis(), millis(policy.find_time));
             let mut table = lock(&self.strikes);
             let n = table.strike(source, now, find, policy.max_retry);
             if n >= policy.max_retry {
@@ -239,7 +238,7 @@ impl Guard {
             reason: BanReason::Strike(outcome),
             strikes,
             banned_at: now,
-            expires_at: now.saturating_add(whole_secs(ban_time)),
+            expires_at: expiry(&*self.clock, ban_time),
         };
         match self.bans.insert(source, entry, true) {
             Inserted::New => {}
@@ -292,7 +291,7 @@ impl Guard {
             reason: BanReason::Manual,
             strikes: 0,
             banned_at: now,
-            expires_at: now.saturating_add(whole_secs(duration)),
+            expires_at: expiry(&*self.clock, duration),
         };
         let inserted = self.bans.insert(net, entry, false);
         lock(&self.strikes).forget(&net);
@@ -375,7 +374,7 @@ impl Guard {
             self.changed();
         }
         let policy = self.policy.load();
-        let (now, find) = (self.mono_secs(), secs_u32(policy.find_time));
+        let (now, find) = (self.mono_millis(), millis(policy.find_time));
         let shrink = self
             .ticks
             .fetch_add(1, Ordering::Relaxed)
@@ -443,9 +442,9 @@ impl Guard {
         }
     }
 
-    /// Monotonic whole seconds, the strike table's time unit.
-    fn mono_secs(&self) -> u32 {
-        u32::try_from(self.clock.monotonic().as_secs()).unwrap_or(u32::MAX)
+    /// Monotonic milliseconds, the strike table's time unit.
+    fn mono_millis(&self) -> u64 {
+        millis(self.clock.monotonic())
     }
 
     /// Marks the bans changed: state file to write, gauge to update.

@@ -96,7 +96,9 @@ impl StateFile {
             _ => PathBuf::from("."),
         };
         let mut tmp = self.path.clone().into_os_string();
-        tmp.push(format!(".tmp-{}", std::process::id()));
+        // A fixed name: a temp file left by a crash is simply overwritten by
+        // the next write (one daemon owns one state file).
+        tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
         let written = write_synced(&tmp, &bytes).and_then(|()| fs::rename(&tmp, &self.path));
         if let Err(e) = written {

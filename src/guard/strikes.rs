@@ -22,8 +22,8 @@ use ipnet::IpNet;
 /// cap, ~130 bytes per source (measured in tests/guard.rs).
 pub const STRIKE_CAP: usize = 100_000;
 
-/// Strike times of one source, monotonic seconds, oldest first.
-type Times = VecDeque<u32>;
+/// Strike times of one source, monotonic milliseconds, oldest first.
+type Times = VecDeque<u64>;
 
 /// Strike history per source.
 #[derive(Debug)]
@@ -32,8 +32,8 @@ pub struct StrikeTable {
     half: usize,
     current: HashMap<IpNet, Times>,
     previous: HashMap<IpNet, Times>,
-    /// When the current generation began, monotonic seconds.
-    current_since: u32,
+    /// When the current generation began, monotonic milliseconds.
+    current_since: u64,
 }
 
 impl StrikeTable {
@@ -47,10 +47,10 @@ impl StrikeTable {
         }
     }
 
-    /// Records a strike on `source` at `now` (monotonic seconds); returns how
-    /// many strikes it has within the last `find` seconds, this one included
-    /// (never more than `max_retry`).
-    pub fn strike(&mut self, source: IpNet, now: u32, find: u32, max_retry: u32) -> u32 {
+    /// Records a strike on `source` at `now` (monotonic milliseconds); returns
+    /// how many strikes it has within the last `find` milliseconds, this one
+    /// included (never more than `max_retry`).
+    pub fn strike(&mut self, source: IpNet, now: u64, find: u64, max_retry: u32) -> u32 {
         self.prune(now, find);
         let keep = usize::try_from(max_retry.max(1)).unwrap_or(usize::MAX);
         if !self.current.contains_key(&source) {
@@ -77,9 +77,9 @@ impl StrikeTable {
         self.previous.remove(source);
     }
 
-    /// Starts a new generation once the current one is `find` seconds old:
+    /// Starts a new generation once the current one is `find` ms old:
     /// every source left in the previous one was last struck before that.
-    pub fn prune(&mut self, now: u32, find: u32) {
+    pub fn prune(&mut self, now: u64, find: u64) {
         if now.saturating_sub(self.current_since) >= find {
             self.rotate(now);
         }
@@ -87,7 +87,7 @@ impl StrikeTable {
 
     /// Drops the previous generation; the current one becomes previous.
     /// Reuses the dropped map's allocation for the new current generation.
-    fn rotate(&mut self, now: u32) {
+    fn rotate(&mut self, now: u64) {
         std::mem::swap(&mut self.current, &mut self.previous);
         self.current.clear();
         self.current_since = now;
@@ -136,7 +136,7 @@ mod tests {
     fn evicts_the_least_recently_struck_when_full() {
         let mut t = StrikeTable::new(4);
         for i in 0..4 {
-            t.strike(net(i), i, 1000, 3);
+            t.strike(net(i), u64::from(i), 1000, 3);
         }
         t.strike(net(0), 5, 1000, 3); // 0 moves up; 1 is now the stalest
         t.strike(net(9), 6, 1000, 3);

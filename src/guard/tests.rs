@@ -334,3 +334,32 @@ fn housekeeping_thread_persists_a_ban_within_a_second() {
             .contains("203.0.113.7")
     );
 }
+
+#[test]
+fn sub_second_windows_and_bans_are_not_rounded_away() {
+    let mut ban = ban_config(2);
+    ban.find_time = Duration::from_millis(500);
+    ban.ban_time = Duration::from_millis(1500);
+    let (g, clock) = guard(&ban, &NO_LIMIT);
+    let a = ip("203.0.113.8");
+    // Strikes 20 ms apart across a second boundary count together.
+    clock.advance(Duration::from_millis(990));
+    g.strike(a, Outcome::UnknownSni);
+    clock.advance(Duration::from_millis(20));
+    g.strike(a, Outcome::UnknownSni);
+    assert_eq!(g.admit(a), Err(Outcome::Banned));
+    // The ban lasts at least ban_time, and not much more.
+    clock.advance(Duration::from_millis(1490));
+    g.housekeeping();
+    assert_eq!(g.admit(a), Err(Outcome::Banned));
+    clock.advance(Duration::from_millis(1000));
+    g.housekeeping();
+    assert_eq!(g.admit(a), Ok(()));
+
+    // Strikes 600 ms apart fall outside a 500 ms window.
+    let b = ip("203.0.113.9");
+    g.strike(b, Outcome::UnknownSni);
+    clock.advance(Duration::from_millis(600));
+    g.strike(b, Outcome::UnknownSni);
+    assert_eq!(g.admit(b), Ok(()));
+}
