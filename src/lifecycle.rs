@@ -92,7 +92,8 @@ pub fn spawn_watchdog() {
     }
     let period = Duration::from_micros(usec / 2);
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(period);
+        let start = tokio::time::Instant::now() + period;
+        let mut tick = tokio::time::interval_at(start, period);
         loop {
             tick.tick().await;
             notify("WATCHDOG=1");

@@ -54,6 +54,7 @@ pub fn install() -> Option<&'static PrometheusHandle> {
 }
 
 fn register_static() {
+    describe();
     for outcome in Outcome::ALL {
         counter!("sniroute_connections_total", "outcome" => outcome.as_str()).increment(0);
     }
@@ -70,9 +71,63 @@ fn register_static() {
         counter!("sniroute_config_reloads_total", "result" => result).increment(0);
     }
     gauge!("sniroute_banned").increment(0.0);
+    gauge!("sniroute_strike_sources").increment(0.0);
+    gauge!("sniroute_rate_limit_keys").increment(0.0);
     gauge!("sniroute_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     // Touch the histogram so its series exists from start-up.
     let _ = histogram!("sniroute_client_hello_seconds");
+}
+
+/// `# HELP` text for every metric (promtool wants one for each).
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "sniroute_connections_total",
+        "Client connections by how they ended."
+    );
+    describe_counter!(
+        "sniroute_routed_connections_total",
+        "Connections handed to a backend, per route."
+    );
+    describe_gauge!(
+        "sniroute_active_connections",
+        "Routed connections open now, per route."
+    );
+    describe_counter!(
+        "sniroute_bytes_total",
+        "Bytes relayed per route; up = client to backend."
+    );
+    describe_counter!(
+        "sniroute_strikes_total",
+        "Strikes by the outcome that earned them."
+    );
+    describe_counter!("sniroute_bans_total", "New bans by source.");
+    describe_gauge!("sniroute_banned", "Addresses and prefixes banned now.");
+    describe_counter!("sniroute_unbans_total", "Bans lifted, by reason.");
+    describe_histogram!(
+        "sniroute_client_hello_seconds",
+        "Time from accept to a decided ClientHello."
+    );
+    describe_histogram!(
+        "sniroute_backend_connect_seconds",
+        "Backend TCP connect time, per route."
+    );
+    describe_counter!(
+        "sniroute_config_reloads_total",
+        "Config reload attempts by result."
+    );
+    describe_gauge!(
+        "sniroute_build_info",
+        "Always 1; the version label says which build."
+    );
+    describe_gauge!(
+        "sniroute_strike_sources",
+        "Sources with strikes inside find_time (bounded table)."
+    );
+    describe_gauge!(
+        "sniroute_rate_limit_keys",
+        "Sources the rate limiter tracks now."
+    );
 }
 
 /// Handles for what every connection records.
