@@ -105,6 +105,9 @@ pub enum Verdict {
 /// Judges `buf` (every byte received so far) against `max_len` (the cap on the
 /// bytes before a decision, record headers included).
 pub fn parse(buf: &[u8], max_len: usize) -> Verdict {
+    // Bytes past the cap can never change the verdict: judging only the
+    // first `max_len` keeps the answer independent of how reads were split.
+    let buf = buf.get(..max_len).unwrap_or(buf);
     let framing = match frame(buf, max_len) {
         Ok(Some(framing)) => framing,
         Ok(None) => return Verdict::NeedMore,
@@ -980,5 +983,18 @@ mod tests {
             msg[at] = byte;
             let _ = parse(&reframe(&msg, &sizes), CAP);
         }
+    }
+
+    #[test]
+    fn the_verdict_does_not_depend_on_bytes_past_a_tiny_cap() {
+        // Found by fuzzing: with a 3-byte cap the answer once depended on the split.
+        assert_eq!(
+            parse(b"\x16\x03\x01", 3),
+            Verdict::Reject(Outcome::TooLarge)
+        );
+        assert_eq!(
+            parse(b"\x16\x03\x01\x99\x99", 3),
+            Verdict::Reject(Outcome::TooLarge)
+        );
     }
 }

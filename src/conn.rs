@@ -114,17 +114,34 @@ async fn serve(
 
     meters.routed.increment(1);
     meters.bytes.up.increment(client_bytes);
-    meters.active.increment(1.0);
+    let _active = Active::enter(&meters.active);
     let opts = RelayOptions {
         idle_timeout: limits.idle_timeout,
         splice: config.splice,
     };
     let end = forward::relay(client, backend, opts, &meters.bytes).await;
-    meters.active.decrement(1.0);
     entry.up = client_bytes + end.up;
     entry.down = end.down;
     if let Err(e) = end.result {
         tracing::debug!(%peer, route = %route.name, "relay ended: {e}");
     }
     Ok(())
+}
+
+/// Counts a routed connection in `sniroute_active_connections` while it
+/// lives; dropping it (also when a task is cancelled at shutdown or unwinds)
+/// counts it out.
+struct Active<'a>(&'a metrics::Gauge);
+
+impl<'a> Active<'a> {
+    fn enter(gauge: &'a metrics::Gauge) -> Active<'a> {
+        gauge.increment(1.0);
+        Active(gauge)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }

@@ -45,6 +45,8 @@ pub async fn accept_loop(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Exhaustion is logged once per episode, not on every retry.
+    let mut exhausted = false;
     loop {
         let accepted = tokio::select! {
             biased;
@@ -52,9 +54,16 @@ pub async fn accept_loop(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => admit(&shared, stream, peer),
+            Ok((stream, peer)) => {
+                if std::mem::take(&mut exhausted) {
+                    tracing::info!("accepting again");
+                }
+                admit(&shared, stream, peer);
+            }
             Err(e) if is_exhaustion(&e) => {
-                tracing::warn!("accept: {e}; pausing {EXHAUSTED_BACKOFF:?}");
+                if !std::mem::replace(&mut exhausted, true) {
+                    tracing::warn!("accept: {e}; retrying every {EXHAUSTED_BACKOFF:?}");
+                }
                 tokio::time::sleep(EXHAUSTED_BACKOFF).await;
             }
             // ECONNABORTED and friends: that one client is gone, carry on.
