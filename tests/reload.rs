@@ -64,7 +64,11 @@ async fn reload_adds_and_removes_listeners_and_swaps_routes() {
     // Add a second listener; the first (configured as port 0) stays.
     let second: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let both = ["127.0.0.1:0".to_owned(), second.to_string()];
-    let taken = reload(&router, &config(&both, FIXTURE_SNI, backend, &router.log_path)).await;
+    let taken = reload(
+        &router,
+        &config(&both, FIXTURE_SNI, backend, &router.log_path),
+    )
+    .await;
     assert!(taken.as_ref().unwrap().contains("reloaded"), "{taken:?}");
     assert_eq!(exchange(second, &hello).await.1, hello);
     assert_eq!(exchange(first, &hello).await.1, hello);
@@ -75,7 +79,10 @@ async fn reload_adds_and_removes_listeners_and_swaps_routes() {
     reload(&router, &cfg).await.unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
     while tokio::net::TcpStream::connect(first).await.is_ok() {
-        assert!(tokio::time::Instant::now() < deadline, "{first} still accepts");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{first} still accepts"
+        );
         tokio::time::sleep(POLL).await;
     }
     assert_eq!(exchange(second, &hello).await.1, hello);
