@@ -1,0 +1,306 @@
+#!/usr/bin/env bash
+# benches/compare.sh: sniroute against HAProxy, nginx (stream + ssl_preread)
+# and sniproxy, same machine, same run, same load generator and backend, plus
+# a direct-to-backend run as the ceiling. Prints one Markdown table.
+#
+# Usage: benches/compare.sh [OUTDIR]
+#   OUTDIR   where configs, logs and JSON results go (default: a new /tmp dir)
+# Environment:
+#   QUICK=1     a smoke run (small transfers, 1 s phases)
+#   NO_BUILD=1  use the existing release build
+#   ONLY="sniroute haproxy"  run only these targets (names as in TARGETS below)
+#   CANDIDATE=/path/to/sniroute  also run this build as `sniroute-candidate`
+#               (same config as `sniroute`): A/B a change in the same run
+#   ROUNDS=3    run every target this many times, round-robin; the table
+#               shows the median of each figure (robust to a noisy moment)
+#   QUIET_SECS=120  longest wait for a quiet machine before each target
+#   NICE=-19    run everything at this nice level (root only): on a machine
+#               shared with other jobs, gives the benchmark's processes the CPU
+#               (and skips the wait for a quiet machine)
+#
+# Needs: cargo, and `apt-get install haproxy nginx libnginx-mod-stream sniproxy`
+# (a missing peer is skipped with a note). Loopback only. Every process this
+# script starts is stopped when it exits, also on failure or Ctrl-C.
+set -euo pipefail
+
+if [[ -n "${NICE:-}" && -z "${COMPARE_NICED:-}" ]]; then
+    COMPARE_NICED=1 exec nice -n "$NICE" "$0" "$@"
+fi
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT=${1:-$(mktemp -d /tmp/sniroute-bench.XXXXXX)}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+SNIROUTE="$ROOT/target/release/sniroute"
+LOADGEN="$ROOT/target/release/examples/loadgen"
+BACKEND=127.0.0.1:19000
+# One port per target, so a proxy slow to release its port never collides.
+declare -A PORT=([direct]=19000 [sniroute]=19001 [sniroute-copy]=19002
+                 [haproxy]=19003 [nginx]=19004 [sniproxy]=19005
+                 [sniroute-candidate]=19006)
+TARGETS=(direct sniroute sniroute-copy haproxy nginx sniproxy)
+[[ -n "${CANDIDATE:-}" ]] && TARGETS=(direct sniroute sniroute-candidate sniroute-copy haproxy nginx sniproxy)
+[[ -n "${ONLY:-}" ]] && read -r -a TARGETS <<<"$ONLY"
+
+if [[ -n "${QUICK:-}" ]]; then
+    SIZES=(--bulk1-bytes $((256 << 20)) --bulk8-bytes $((32 << 20)) --secs 1 --idle 500)
+else
+    # 1 GiB each way on one connection, 8 x 256 MiB each way, 5 s per rate phase.
+    SIZES=(--bulk1-bytes $((1 << 30)) --bulk8-bytes $((256 << 20)) --secs 5 --idle 2000)
+fi
+PROXY_PHASES=idle,bulk1,bulk8,rate,reject
+
+# ---------------------------------------------------------------- processes --
+PIDS=()
+# Stops one process we started (and the children it forked, like nginx's
+# worker or sniproxy's binder): TERM, up to 5 s, then KILL.
+stop() {
+    local pid=$1 kids
+    kids=$(pgrep -P "$pid" 2>/dev/null || true)
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    for kid in $kids; do kill -KILL "$kid" 2>/dev/null || true; done
+}
+CHILD=
+cleanup() {
+    local pid
+    [[ -n $CHILD ]] && stop "$CHILD"
+    for pid in "${PIDS[@]}"; do stop "$pid"; done
+    PIDS=()
+}
+# Runs a command as a waited-for background job, so a signal to this script
+# is handled at once (bash defers traps until a foreground child returns).
+fg() {
+    local rc=0
+    "$@" &
+    CHILD=$!
+    wait "$CHILD" || rc=$?
+    CHILD=
+    return "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+forget() { # drops a stopped pid from PIDS
+    local keep=() pid
+    for pid in "${PIDS[@]}"; do [[ $pid == "$1" ]] || keep+=("$pid"); done
+    PIDS=("${keep[@]}")
+}
+
+# -------------------------------------------------------------------- setup --
+if [[ -z "${NO_BUILD:-}" ]]; then
+    (cd "$ROOT" && cargo build --release --bin sniroute --example loadgen)
+fi
+# Each idle connection costs the proxy two descriptors.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+{
+    echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), kernel $(uname -r)"
+    echo "sniroute: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown) (release build)"
+    command -v haproxy >/dev/null && echo "haproxy: $(haproxy -v | head -1)"
+    command -v nginx >/dev/null && echo "nginx: $(nginx -v 2>&1)"
+    command -v sniproxy >/dev/null && echo "sniproxy: $(sniproxy -V 2>&1 | head -1)"
+    echo "date: $(date -u +%FT%TZ)"
+} | tee "$OUT/machine.txt"
+
+"$LOADGEN" backend "$BACKEND" 2>"$OUT/backend.log" &
+BACKEND_PID=$!
+PIDS+=("$BACKEND_PID")
+"$LOADGEN" wait "$BACKEND"
+
+# ------------------------------------------------------------------ configs --
+sniroute_config() { # $1 = port, $2 = splice true|false
+    cat <<EOF
+# Equivalent of the peers' configs: one worker, one routed name, every other
+# name closed. Ban and rate limit on, as shipped; the reject phase's sources
+# (127.2/16) are ignored so its rejects are not turned into bans (the peers
+# do not ban), and the banned phase's sources (127.1/16) are banned by a strike.
+listen = ["127.0.0.1:$1"]
+workers = 1
+splice = $2
+[limits]
+shutdown_grace = "1s"
+[[route]]
+sni = ["fixture.example"]
+backend = "$BACKEND"
+[ban]
+max_retry = 1
+ignore = ["127.2.0.0/16"]
+state_file = ""
+[metrics]
+listen = "127.0.0.1:$(($1 + 150))"
+[admin]
+socket = ""
+[log]
+access = "off"
+EOF
+}
+
+haproxy_config() {
+    cat <<EOF
+global
+    nbthread 1
+    # 2 descriptors per connection and 2 per splice pipe (maxpipes = maxconn/4)
+    # must fit the 20000 open-files limit.
+    maxconn 6000
+defaults
+    mode tcp
+    timeout connect 3s
+    timeout client 15m
+    timeout server 15m
+    option splice-request
+    option splice-response
+frontend tls
+    bind 127.0.0.1:$1
+    tcp-request inspect-delay 5s
+    tcp-request content reject if { req.ssl_hello_type 1 } !{ req.ssl_sni -i fixture.example }
+    tcp-request content accept if { req.ssl_hello_type 1 }
+    use_backend fixture if { req.ssl_sni -i fixture.example }
+backend fixture
+    server b $BACKEND
+EOF
+}
+
+nginx_config() {
+    cat <<EOF
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid $OUT/nginx/nginx.pid;
+error_log $OUT/nginx/error.log crit;
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+events { worker_connections 10000; }
+stream {
+    # Unknown names go to a closed port: the connect is refused at once and
+    # nginx closes the client without a byte (stream has no "return 444").
+    map \$ssl_preread_server_name \$upstream {
+        fixture.example $BACKEND;
+        default 127.0.0.1:1;
+    }
+    server {
+        listen 127.0.0.1:$1;
+        ssl_preread on;
+        preread_timeout 5s;
+        proxy_pass \$upstream;
+        proxy_half_close on;
+        proxy_connect_timeout 3s;
+        proxy_timeout 15m;
+    }
+}
+EOF
+}
+
+sniproxy_config() {
+    cat <<EOF
+user root
+pidfile $OUT/sniproxy.pid
+error_log {
+    filename $OUT/sniproxy-error.log
+    priority error
+}
+listener 127.0.0.1:$1 {
+    protocol tls
+    table fixture
+}
+table fixture {
+    fixture.example $BACKEND
+}
+EOF
+}
+
+# ------------------------------------------------------------------ targets --
+# Starts target $1; sets PROXY_PID (the process started) and MEASURE (the pids
+# whose CPU and RSS are the proxy's).
+start() {
+    local name=$1 port=${PORT[$1]}
+    case $name in
+    sniroute | sniroute-copy | sniroute-candidate)
+        local splice=true
+        [[ $name == sniroute-copy ]] && splice=false
+        sniroute_config "$port" "$splice" >"$OUT/$name.toml"
+        SNIROUTE_LOG=warn "$(binary_for "$name")" run -c "$OUT/$name.toml" 2>"$OUT/$name.log" &
+        ;;
+    haproxy)
+        haproxy_config "$port" >"$OUT/haproxy.cfg"
+        haproxy -db -f "$OUT/haproxy.cfg" 2>"$OUT/haproxy.log" &
+        ;;
+    nginx)
+        mkdir -p "$OUT/nginx"
+        nginx_config "$port" >"$OUT/nginx/nginx.conf"
+        nginx -p "$OUT/nginx" -e "$OUT/nginx/error.log" -c "$OUT/nginx/nginx.conf" 2>"$OUT/nginx.log" &
+        ;;
+    sniproxy)
+        sniproxy_config "$port" >"$OUT/sniproxy.conf"
+        sniproxy -f -c "$OUT/sniproxy.conf" 2>"$OUT/sniproxy.log" &
+        ;;
+    esac
+    PROXY_PID=$!
+    PIDS+=("$PROXY_PID")
+    fg "$LOADGEN" wait "127.0.0.1:$port" || return 1
+    MEASURE=("$PROXY_PID")
+    if [[ $name == nginx ]]; then
+        # The worker does the work; wait for the master to fork it.
+        for _ in $(seq 50); do
+            MEASURE=($(pgrep -P "$PROXY_PID" || true))
+            [[ ${#MEASURE[@]} -gt 0 ]] && break
+            sleep 0.1
+        done
+        MEASURE+=("$PROXY_PID")
+    fi
+}
+
+binary_for() {
+    case $1 in
+    sniroute-candidate) echo "$CANDIDATE" ;;
+    sniroute*) echo "$SNIROUTE" ;;
+    *) echo "$1" ;;
+    esac
+}
+
+RESULTS=()
+ROUNDS=${ROUNDS:-1}
+for round in $(seq "$ROUNDS"); do
+for name in "${TARGETS[@]}"; do
+    if [[ $name != direct ]] && ! command -v "$(binary_for "$name")" >/dev/null; then
+        [[ $round == 1 ]] && echo "== $name: not installed, skipped" | tee -a "$OUT/skipped.txt"
+        continue
+    fi
+    echo "== $name (round $round of $ROUNDS)"
+    result="$OUT/$name.$round.json"
+    args=(--name "$name" --target "127.0.0.1:${PORT[$name]}" --out "$result"
+          --backend-pid "$BACKEND_PID" "${SIZES[@]}")
+    case $name in
+    direct) args+=(--phases bulk1,bulk8,rate) ;;
+    sniroute | sniroute-candidate) args+=(--phases "$PROXY_PHASES,banned") ;;
+    *) args+=(--phases "$PROXY_PHASES") ;;
+    esac
+    # Other jobs on the machine (builds, tests) would skew every figure.
+    [[ -z "${NICE:-}" ]] && fg "$LOADGEN" quiet --secs "${QUIET_SECS:-120}"
+    if [[ $name != direct ]]; then
+        if ! start "$name"; then
+            echo "== $name: did not start (see $OUT/$name.log), skipped" | tee -a "$OUT/skipped.txt"
+            stop "$PROXY_PID"
+            forget "$PROXY_PID"
+            continue
+        fi
+        for pid in "${MEASURE[@]}"; do args+=(--pid "$pid"); done
+    fi
+    fg "$LOADGEN" run "${args[@]}" || echo "== $name: load generator failed"
+    if [[ $name != direct ]]; then
+        stop "$PROXY_PID"
+        forget "$PROXY_PID"
+    fi
+    [[ -f "$result" ]] && RESULTS+=("$result")
+done
+done
+
+echo
+"$LOADGEN" report "${RESULTS[@]}" | tee "$OUT/table.md"
+echo
+echo "results, configs and logs: $OUT"

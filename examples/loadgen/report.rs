@@ -1,0 +1,370 @@
+//! The comparison table: every figure of every target with its ratio to the
+//! best peer and to direct, then sniroute's figures against issue 5's targets.
+//! Printed as Markdown so BENCHMARKS.md can quote it unchanged.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use crate::phases::{Bulk, Closes, Idle, Rate};
+
+/// Everything one `run` measured against one target.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Results {
+    pub name: String,
+    /// Phases that failed, with why.
+    pub failed: Vec<String>,
+    pub idle: Option<Idle>,
+    pub bulk1: Option<Bulk>,
+    pub bulk8: Option<Bulk>,
+    pub rate: Option<Rate>,
+    pub reject: Option<Closes>,
+    pub banned: Option<Closes>,
+}
+
+/// Share of one core used by other processes during a phase above which
+/// the phase is flagged as noisy.
+const NOISE_SHARE: f64 = 0.1;
+
+/// The row for the ceiling: no proxy at all.
+const DIRECT: &str = "direct";
+/// The row the targets are checked on: sniroute as shipped (splice on).
+const OURS: &str = "sniroute";
+/// The peer some targets name explicitly.
+const HAPROXY: &str = "haproxy";
+
+#[derive(Clone, Copy, PartialEq)]
+enum Better {
+    Higher,
+    Lower,
+}
+
+struct Figure {
+    label: &'static str,
+    better: Better,
+    /// Whether a ratio to the direct run means anything (not for proxy CPU).
+    vs_direct: bool,
+    get: fn(&Results) -> Option<f64>,
+}
+
+fn figures() -> Vec<Figure> {
+    use Better::{Higher, Lower};
+    let f = |label, better, vs_direct, get| Figure {
+        label,
+        better,
+        vs_direct,
+        get,
+    };
+    vec![
+        f("bulk, 1 conn: GiB/s (both ways)", Higher, true, |r| {
+            r.bulk1.as_ref().map(|b| b.gib_per_s)
+        }),
+        f("bulk, 1 conn: proxy CPU s/GiB", Lower, false, |r| {
+            r.bulk1.as_ref()?.cpu_s_per_gib
+        }),
+        f("bulk, 8 conns: GiB/s (both ways)", Higher, true, |r| {
+            r.bulk8.as_ref().map(|b| b.gib_per_s)
+        }),
+        f("bulk, 8 conns: proxy CPU s/GiB", Lower, false, |r| {
+            r.bulk8.as_ref()?.cpu_s_per_gib
+        }),
+        f("routed conns/s", Higher, true, |r| {
+            r.rate.as_ref().map(|x| x.per_s)
+        }),
+        f("routed p50 latency, µs", Lower, true, |r| {
+            r.rate.as_ref().map(|x| x.p50_us)
+        }),
+        f("routed p99 latency, µs", Lower, true, |r| {
+            r.rate.as_ref().map(|x| x.p99_us)
+        }),
+        f("proxy CPU µs / routed conn", Lower, false, |r| {
+            r.rate.as_ref()?.cpu_us_per_conn
+        }),
+        f("unknown-SNI rejects/s", Higher, false, |r| {
+            r.reject.as_ref().map(|x| x.per_s)
+        }),
+        f("proxy CPU µs / reject", Lower, false, |r| {
+            r.reject.as_ref()?.cpu_us_per_close
+        }),
+        f("banned closes/s", Higher, false, |r| {
+            r.banned.as_ref().map(|x| x.per_s)
+        }),
+        f("proxy CPU µs / banned close", Lower, false, |r| {
+            r.banned.as_ref()?.cpu_us_per_close
+        }),
+        f("idle RSS KiB / conn", Lower, false, |r| {
+            r.idle.as_ref().map(|x| x.kib_per_conn)
+        }),
+    ]
+}
+
+fn is_peer(name: &str) -> bool {
+    name != DIRECT && !name.starts_with(OURS)
+}
+
+fn best(values: impl Iterator<Item = f64>, better: Better) -> Option<f64> {
+    values.fold(None, |acc, v| match (acc, better) {
+        (None, _) => Some(v),
+        (Some(a), Better::Higher) => Some(a.max(v)),
+        (Some(a), Better::Lower) => Some(a.min(v)),
+    })
+}
+
+/// A figure with about three significant digits.
+fn num(v: f64) -> String {
+    match v.abs() {
+        a if a >= 100.0 => format!("{v:.0}"),
+        a if a >= 10.0 => format!("{v:.1}"),
+        a if a >= 1.0 => format!("{v:.2}"),
+        _ => format!("{v:.3}"),
+    }
+}
+
+fn ratio(v: f64, base: Option<f64>) -> String {
+    match base {
+        Some(b) if b > 0.0 => format!("{:.2}×", v / b),
+        _ => "-".to_owned(),
+    }
+}
+
+/// Every run of one target (several with `ROUNDS`); a figure is the median
+/// over the runs that have it, so one disturbed round does not decide.
+struct Row {
+    name: String,
+    runs: Vec<Results>,
+}
+
+impl Row {
+    fn value(&self, figure: &Figure) -> Option<f64> {
+        let mut values: Vec<f64> = self.runs.iter().filter_map(|r| (figure.get)(r)).collect();
+        if values.is_empty() {
+            return None;
+        }
+        values.sort_by(f64::total_cmp);
+        let mid = values.len() / 2;
+        Some(if values.len() % 2 == 1 {
+            values[mid]
+        } else {
+            (values[mid - 1] + values[mid]) / 2.0
+        })
+    }
+}
+
+/// The best peer's value of `figure`.
+fn best_peer(rows: &[Row], figure: &Figure) -> Option<f64> {
+    best(
+        rows.iter()
+            .filter(|r| is_peer(&r.name))
+            .filter_map(|r| r.value(figure)),
+        figure.better,
+    )
+}
+
+fn row<'a>(rows: &'a [Row], name: &str) -> Option<&'a Row> {
+    rows.iter().find(|r| r.name == name)
+}
+
+/// Reads the result files and prints the tables.
+pub fn print(files: &[PathBuf]) -> anyhow::Result<()> {
+    let mut rows: Vec<Row> = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let results: Results = serde_json::from_str(&text)
+            .with_context(|| format!("bad JSON in {}", file.display()))?;
+        match rows.iter_mut().find(|r| r.name == results.name) {
+            Some(row) => row.runs.push(results),
+            None => rows.push(Row {
+                name: results.name.clone(),
+                runs: vec![results],
+            }),
+        }
+    }
+    let rounds = rows.iter().map(|r| r.runs.len()).max().unwrap_or(0);
+    if rounds > 1 {
+        println!("Each figure is the median of {rounds} rounds.\n");
+    }
+    println!("| figure | target | value | × best peer | × direct |");
+    println!("|---|---|---:|---:|---:|");
+    let figures = figures();
+    for figure in &figures {
+        let best_peer = best_peer(&rows, figure);
+        let direct = row(&rows, DIRECT)
+            .and_then(|r| r.value(figure))
+            .filter(|_| figure.vs_direct);
+        for row in &rows {
+            let Some(value) = row.value(figure) else {
+                continue;
+            };
+            println!(
+                "| {} | {} | {} | {} | {} |",
+                figure.label,
+                row.name,
+                num(value),
+                ratio(value, best_peer),
+                ratio(value, direct)
+            );
+        }
+    }
+    for row in &rows {
+        row.runs.iter().for_each(notes);
+        noise(row);
+    }
+    print_targets(&rows, &figures);
+    Ok(())
+}
+
+/// One line per target whose phases ran beside other busy processes: the
+/// largest share of a core they took during any of its measured phases.
+fn noise(row: &Row) {
+    let mut worst: Option<(f64, &str)> = None;
+    for run in &row.runs {
+        let phases = [
+            (
+                "bulk, 1 conn",
+                run.bulk1.as_ref().map(|b| (b.secs, &b.context)),
+            ),
+            (
+                "bulk, 8 conns",
+                run.bulk8.as_ref().map(|b| (b.secs, &b.context)),
+            ),
+            ("routed", run.rate.as_ref().map(|r| (r.secs, &r.context))),
+            ("reject", run.reject.as_ref().map(|r| (r.secs, &r.context))),
+            ("banned", run.banned.as_ref().map(|r| (r.secs, &r.context))),
+        ];
+        for (phase, measured) in phases {
+            let Some((secs, context)) = measured else {
+                continue;
+            };
+            let share = context.other_cpu_s / secs;
+            if worst.is_none_or(|(w, _)| share > w) {
+                worst = Some((share, phase));
+            }
+        }
+    }
+    if let Some((share, phase)) = worst.filter(|(share, _)| *share > NOISE_SHARE) {
+        println!(
+            "\n{}: noisy: other processes used up to {:.0}% of a core during its phases ({phase})",
+            row.name,
+            share * 100.0
+        );
+    }
+}
+
+/// Failures, failed connections and bytes sent to rejected clients.
+fn notes(run: &Results) {
+    for failure in &run.failed {
+        println!("\n{}: FAILED {failure}", run.name);
+    }
+    let errors = [
+        ("routed", run.rate.as_ref().map(|r| r.errors)),
+        ("reject", run.reject.as_ref().map(|r| r.errors)),
+        ("banned", run.banned.as_ref().map(|r| r.errors)),
+    ];
+    for (phase, count) in errors {
+        if let Some(count) = count.filter(|&c| c > 0) {
+            println!(
+                "\n{}: {count} failed connections in the {phase} phase",
+                run.name
+            );
+        }
+    }
+    if let Some(bytes) = run
+        .reject
+        .as_ref()
+        .map(|r| r.bytes_received)
+        .filter(|&b| b > 0)
+    {
+        println!("\n{}: sent {bytes} bytes to rejected clients", run.name);
+    }
+}
+
+/// Issue 5's targets: (figure label, compared with, needed ratio).
+const TARGETS: [(&str, &str, Better, f64); 10] = [
+    (
+        "bulk, 1 conn: GiB/s (both ways)",
+        "best peer",
+        Better::Higher,
+        1.1,
+    ),
+    (
+        "bulk, 8 conns: GiB/s (both ways)",
+        "best peer",
+        Better::Higher,
+        1.1,
+    ),
+    (
+        "bulk, 1 conn: proxy CPU s/GiB",
+        "best peer",
+        Better::Lower,
+        1.0,
+    ),
+    (
+        "bulk, 8 conns: proxy CPU s/GiB",
+        "best peer",
+        Better::Lower,
+        1.0,
+    ),
+    ("routed conns/s", "best peer", Better::Higher, 1.1),
+    ("routed p99 latency, µs", "best peer", Better::Lower, 1.0),
+    (
+        "proxy CPU µs / routed conn",
+        "best peer",
+        Better::Lower,
+        0.9,
+    ),
+    ("unknown-SNI rejects/s", HAPROXY, Better::Higher, 1.3),
+    ("proxy CPU µs / reject", HAPROXY, Better::Lower, 0.8),
+    ("idle RSS KiB / conn", HAPROXY, Better::Lower, 1.0),
+];
+
+fn print_targets(rows: &[Row], figures: &[Figure]) {
+    let Some(ours) = row(rows, OURS) else {
+        return;
+    };
+    println!("\n| target (issue 5) | sniroute | vs | needed | measured | met |");
+    println!("|---|---:|---|---:|---:|---|");
+    for (label, against, better, needed) in TARGETS {
+        let Some(figure) = figures.iter().find(|f| f.label == label) else {
+            continue;
+        };
+        let Some(value) = ours.value(figure) else {
+            continue;
+        };
+        let base = if against == HAPROXY {
+            row(rows, HAPROXY).and_then(|r| r.value(figure))
+        } else {
+            best_peer(rows, figure)
+        };
+        let Some(base) = base.filter(|&b| b > 0.0) else {
+            continue;
+        };
+        let measured = value / base;
+        let (sign, met) = match better {
+            Better::Higher => ("≥", measured >= needed),
+            Better::Lower => ("≤", measured <= needed),
+        };
+        println!(
+            "| {label} | {} | {against} ({}) | {sign} {needed:.2}× | {measured:.2}× | {} |",
+            num(value),
+            num(base),
+            if met { "yes" } else { "**no**" }
+        );
+    }
+    let per_close = |label: &str| {
+        let figure = figures.iter().find(|f| f.label == label)?;
+        ours.value(figure)
+    };
+    let reject = per_close("proxy CPU µs / reject");
+    let banned = per_close("proxy CPU µs / banned close");
+    if let (Some(reject), Some(banned)) = (reject, banned) {
+        println!(
+            "| banned close cheaper than a reject | {} | own reject ({}) | < 1.00× | {:.2}× | {} |",
+            num(banned),
+            num(reject),
+            banned / reject,
+            if banned < reject { "yes" } else { "**no**" }
+        );
+    }
+}
