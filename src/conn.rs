@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::accesslog::Entry;
+use crate::config::ProxyProtocol;
 use crate::forward::{self, RelayOptions};
 use crate::outcome::Outcome;
 use crate::peek;
@@ -96,15 +97,16 @@ async fn serve(
 
     // The PROXY header (if any) and the hello go out in one write.
     let client_bytes = hello_bytes.len() as u64;
-    let mut preamble = Vec::new();
-    let local = client.local_addr().map_err(|_| Outcome::BackendError)?;
-    forward::proxy_header(route.proxy_protocol, peer, local, &mut preamble);
-    let preamble = if preamble.is_empty() {
-        hello_bytes
-    } else {
-        preamble.extend_from_slice(&hello_bytes);
-        drop(hello_bytes);
-        preamble
+    let preamble = match route.proxy_protocol {
+        ProxyProtocol::None => hello_bytes,
+        kind => {
+            let local = client.local_addr().map_err(|_| Outcome::BackendError)?;
+            // A PROXY header is at most 107 bytes (v1; v2 is at most 52).
+            let mut preamble = Vec::with_capacity(hello_bytes.len() + 107);
+            forward::proxy_header(kind, peer, local, &mut preamble);
+            preamble.extend_from_slice(&hello_bytes);
+            preamble
+        }
     };
     if let Err(e) = backend.write_all(&preamble).await {
         tracing::warn!(route = %route.name, %backend_addr, "backend closed before the hello: {e}");
@@ -112,6 +114,8 @@ async fn serve(
     }
     drop(preamble);
 
+    // Routed from here on: small TLS records must not wait for Nagle.
+    let _ = client.set_nodelay(true);
     meters.routed.increment(1);
     meters.bytes.up.increment(client_bytes);
     let _active = Active::enter(&meters.active);

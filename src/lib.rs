@@ -8,6 +8,9 @@
 //! - `forward`: backend connect and the two-way relay (splice on Linux);
 //! - `accesslog`, `metrics`, `admin`, `lifecycle`; `server` ties them together.
 
+// Input must never reach a panicking index: data-path code uses `get()`.
+#![deny(clippy::indexing_slicing)]
+
 pub mod accesslog;
 pub mod admin;
 pub mod clienthello;

@@ -101,7 +101,6 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         );
         return;
     };
-    let _ = stream.set_nodelay(true);
     tokio::spawn(conn::handle(
         Arc::clone(shared),
         snapshot,

@@ -48,6 +48,8 @@ fn section_fields(section: &str) -> &'static [&'static str] {
 }
 
 /// Levenshtein distance, for "did you mean" (keys are short ASCII words).
+// Indices stay within `row` (length `b.len() + 1`) by construction.
+#[allow(clippy::indexing_slicing)]
 pub(super) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();

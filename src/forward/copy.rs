@@ -52,7 +52,8 @@ impl CopyHalf {
         loop {
             if self.start < self.end {
                 ready!(to.poll_write_ready(cx))?;
-                match to.try_write(&self.buf[self.start..self.end]) {
+                let pending = self.buf.get(self.start..self.end).unwrap_or_default();
+                match to.try_write(pending) {
                     Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                     Ok(n) => {
                         self.start += n;

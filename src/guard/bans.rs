@@ -122,7 +122,10 @@ impl Lengths {
         let len = usize::from(net.prefix_len());
         match net {
             IpNet::V4(_) => self.v4.fetch_or(1 << len, Ordering::SeqCst),
-            IpNet::V6(_) => self.v6[len / 64].fetch_or(1 << (len % 64), Ordering::SeqCst),
+            IpNet::V6(_) => match self.v6.get(len / 64) {
+                Some(word) => word.fetch_or(1 << (len % 64), Ordering::SeqCst),
+                None => 0,
+            },
         };
     }
 
@@ -271,7 +274,11 @@ impl BanTable {
             let len = usize::from(entry.key().prefix_len());
             match entry.key() {
                 IpNet::V4(_) => v4 |= 1 << len,
-                IpNet::V6(_) => v6[len / 64] |= 1 << (len % 64),
+                IpNet::V6(_) => {
+                    if let Some(word) = v6.get_mut(len / 64) {
+                        *word |= 1 << (len % 64);
+                    }
+                }
             }
             next = next.min(entry.expires_at);
         }

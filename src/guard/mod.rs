@@ -58,7 +58,9 @@ impl Policy {
     fn new(ban: &BanConfig) -> Policy {
         let mut strike_on = [false; Outcome::ALL.len()];
         for o in &ban.strike_on {
-            strike_on[o.index()] = true;
+            if let Some(flag) = strike_on.get_mut(o.index()) {
+                *flag = true;
+            }
         }
         Policy {
             enabled: ban.enabled,
@@ -82,6 +84,10 @@ pub struct Guard {
     limiter: ArcSwapOption<SourceLimiter>,
     /// Connections ended per outcome, as reported to [`Guard::strike`].
     outcomes: [AtomicU64; Outcome::ALL.len()],
+    /// `sniroute_strikes_total{reason}` per outcome, registered once so a
+    /// strike records without a registry lookup.
+    /// `None` for outcomes that can never strike.
+    strike_counters: [Option<metrics::Counter>; Outcome::ALL.len()],
     /// Bans made or restored since start (fail2ban's "Total banned").
     total_banned: AtomicU64,
     state: Option<StateFile>,
@@ -144,6 +150,11 @@ impl Guard {
             bans: BanTable::new(),
             strikes: Mutex::new(StrikeTable::new(strikes::STRIKE_CAP)),
             outcomes: std::array::from_fn(|_| AtomicU64::new(0)),
+            strike_counters: Outcome::ALL.map(|o| {
+                crate::metrics::STRIKE_REASONS
+                    .contains(&o)
+                    .then(|| metrics::counter!("sniroute_strikes_total", "reason" => o.as_str()))
+            }),
             total_banned: AtomicU64::new(0),
             state,
             dirty: AtomicBool::new(false),
@@ -202,16 +213,21 @@ impl Guard {
     /// is in `ban.strike_on`, banning it after `max_retry` strikes within
     /// `find_time`.
     pub fn strike(&self, ip: IpAddr, outcome: Outcome) {
-        self.outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
+        if let Some(count) = self.outcomes.get(outcome.index()) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
         let policy = self.policy.load();
-        if !policy.enabled || !policy.strike_on[outcome.index()] {
+        let strikes_on_it = policy.strike_on.get(outcome.index()).copied();
+        if !policy.enabled || strikes_on_it != Some(true) {
             return;
         }
         let ip = ip.to_canonical();
         if policy.ignore.contains(ip) || self.bans.find(ip, || self.clock.unix_secs()).is_some() {
             return;
         }
-        metrics::counter!("sniroute_strikes_total", "reason" => outcome.as_str()).increment(1);
+        if let Some(Some(counter)) = self.strike_counters.get(outcome.index()) {
+            counter.increment(1);
+        }
         let source = source_of(ip, policy.ipv6_prefix);
         let strikes = if policy.max_retry <= 1 {
             1
@@ -348,7 +364,12 @@ impl Guard {
 
     /// Connections ended per outcome since start, in [`Outcome::ALL`] order.
     pub fn outcome_counts(&self) -> [(Outcome, u64); Outcome::ALL.len()] {
-        Outcome::ALL.map(|o| (o, self.outcomes[o.index()].load(Ordering::Relaxed)))
+        let count = |o: Outcome| {
+            self.outcomes
+                .get(o.index())
+                .map_or(0, |c| c.load(Ordering::Relaxed))
+        };
+        Outcome::ALL.map(|o| (o, count(o)))
     }
 
     /// Sources that have strikes but no ban yet.

@@ -233,7 +233,10 @@ impl Daemon {
     /// Every access-log line so far, parsed.
     pub fn log_lines(&self) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        text.lines()
+        // Only whole lines: the writer may be mid-write on the last one.
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete
+            .lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
