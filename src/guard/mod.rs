@@ -117,13 +117,17 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// When a ban made now for `d` ends, in whole unix seconds rounded up, so a
-/// ban always lasts at least `d` (and at least a second).
-fn expiry(clock: &dyn Clock, d: Duration) -> u64 {
-    clock
+/// `(banned_at, expires_at)` for a ban made now for `d`, in whole unix
+/// seconds. The end is rounded up, so a ban lasts at least `d` (and at least
+/// a second) and at most a second more; the start is the end less `d`
+/// rounded up, so a ban for whole seconds shows exactly that span.
+fn ban_span(clock: &dyn Clock, d: Duration) -> (u64, u64) {
+    let span = millis(d).div_ceil(1000).max(1);
+    let end = clock
         .unix_millis()
         .saturating_add(millis(d).max(1))
-        .div_ceil(1000)
+        .div_ceil(1000);
+    (end.saturating_sub(span), end)
 }
 
 impl Guard {
@@ -249,12 +253,12 @@ impl Guard {
 
     /// Bans `source` after its `strikes`-th strike, the last for `outcome`.
     fn ban_struck(&self, source: IpNet, outcome: Outcome, strikes: u32, ban_time: Duration) {
-        let now = self.clock.unix_secs();
+        let (banned_at, expires_at) = ban_span(&*self.clock, ban_time);
         let entry = BanEntry {
             reason: BanReason::Strike(outcome),
             strikes,
-            banned_at: now,
-            expires_at: expiry(&*self.clock, ban_time),
+            banned_at,
+            expires_at,
         };
         match self.bans.insert(source, entry, true) {
             Inserted::New => {}
@@ -302,12 +306,12 @@ impl Guard {
         if duration.is_zero() {
             return Err("a ban must last longer than 0s".into());
         }
-        let now = self.clock.unix_secs();
+        let (banned_at, expires_at) = ban_span(&*self.clock, duration);
         let entry = BanEntry {
             reason: BanReason::Manual,
             strikes: 0,
-            banned_at: now,
-            expires_at: expiry(&*self.clock, duration),
+            banned_at,
+            expires_at,
         };
         let inserted = self.bans.insert(net, entry, false);
         lock(&self.strikes).forget(&net);
