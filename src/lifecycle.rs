@@ -22,8 +22,9 @@ pub fn spawn_signal_handler(tx: mpsc::Sender<Control>) -> std::io::Result<()> {
                 _ = term.recv() => Control::Stop,
                 _ = int.recv() => Control::Stop,
             };
-            let stop = matches!(control, Control::Stop);
-            if tx.send(control).await.is_err() || stop {
+            // A second SIGTERM/SIGINT during the drain is passed on too: it
+            // cuts the grace short, as an impatient operator expects.
+            if tx.send(control).await.is_err() {
                 return;
             }
         }

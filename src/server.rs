@@ -250,14 +250,12 @@ impl Server {
         if open > 0 {
             tracing::info!("waiting up to {grace:?} for {open} open connections");
         }
-        if tokio::time::timeout(grace, shared.wait_drained())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "shutdown grace over; closing {} connections",
-                shared.open_connections()
-            );
+        let drained = tokio::select! {
+            drained = tokio::time::timeout(grace, shared.wait_drained()) => drained.is_ok(),
+            () = second_stop(&mut control) => false,
+        };
+        if !drained {
+            tracing::warn!("closing {} open connections now", shared.open_connections());
         }
         for task in [metrics_task, admin_task].into_iter().flatten() {
             task.abort();
@@ -266,6 +264,21 @@ impl Server {
         let _ = tokio::task::spawn_blocking(move || housekeeping.stop()).await;
         Ok(())
     }
+}
+
+/// Resolves on a second `Stop` (a repeated SIGTERM/SIGINT) during the drain;
+/// reloads are ignored then. Never resolves once the channel is closed.
+async fn second_stop(control: &mut mpsc::Receiver<Control>) {
+    while let Some(request) = control.recv().await {
+        match request {
+            Control::Stop => return,
+            Control::Reload(Some(reply)) => {
+                let _ = reply.send(Err("shutting down".into()));
+            }
+            Control::Reload(None) => {}
+        }
+    }
+    std::future::pending::<()>().await;
 }
 
 async fn start_metrics(config: &Config) -> anyhow::Result<Option<JoinHandle<()>>> {

@@ -136,13 +136,18 @@ impl Drop for Daemon {
 /// Starts `sniroute run -c` on a config listening on 127.0.0.1:0 and learns
 /// its port from the start-up line on stderr ("listening on [ADDR]").
 fn spawn_daemon(routes: &str) -> Daemon {
+    spawn_daemon_with_grace(routes, "5s")
+}
+
+/// Like [`spawn_daemon`] with `limits.shutdown_grace = grace`.
+fn spawn_daemon_with_grace(routes: &str, grace: &str) -> Daemon {
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("access.log");
     let config = dir.path().join("sniroute.toml");
     std::fs::write(
         &config,
         format!(
-            "listen = [\"127.0.0.1:0\"]\nworkers = 1\n\n[limits]\nshutdown_grace = \"5s\"\n\n{routes}\n\
+            "listen = [\"127.0.0.1:0\"]\nworkers = 1\n\n[limits]\nshutdown_grace = {grace:?}\n\n{routes}\n\
              [ban]\nenabled = false\nstate_file = \"\"\n\n[rate_limit]\nper_ip = 0\n\n\
              [metrics]\nlisten = \"\"\n\n[admin]\nsocket = \"\"\n\n\
              [log]\naccess = {:?}\nformat = \"json\"\n",
@@ -283,6 +288,43 @@ async fn run_serves_a_tls_client_and_exits_0_on_sigterm() {
         .await
         .unwrap();
     assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_open_connections_and_a_second_one_cuts_the_grace_short() {
+    let backend = spawn_tls_backend(true).await;
+    let mut daemon = tokio::task::spawn_blocking(move || {
+        spawn_daemon_with_grace(&route("app.test", backend), "300s")
+    })
+    .await
+    .unwrap();
+    let mut tls = tls_connect(daemon.addr, "app.test", true).await.unwrap();
+    let mut greeting = vec![0u8; GREETING.len()];
+    tls.read_exact(&mut greeting).await.unwrap();
+
+    // First SIGTERM: no new connections, the open one keeps flowing.
+    sigterm(&daemon.child);
+    let deadline = Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(daemon.addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        tokio::time::sleep(POLL).await;
+    }
+    tls.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    tls.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"ping");
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "exited mid-drain"
+    );
+
+    // Second SIGTERM: exits now, well before the 300 s grace.
+    sigterm(&daemon.child);
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut daemon.child, WAIT))
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(read_all(&mut tls).await.is_empty());
 }
 
 fn have(binary: &str) -> bool {
