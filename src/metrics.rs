@@ -23,16 +23,6 @@ const LATENCY_BUCKETS: &[f64] = &[
     2.5, 5.0, 10.0,
 ];
 
-/// Reasons a strike can have (the outcomes `ban.strike_on` accepts).
-pub const STRIKE_REASONS: [Outcome; 6] = [
-    Outcome::UnknownSni,
-    Outcome::NoSni,
-    Outcome::NotTls,
-    Outcome::Timeout,
-    Outcome::Policy,
-    Outcome::TooLarge,
-];
-
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process-wide Prometheus recorder (once; later calls return the
@@ -58,7 +48,7 @@ fn register_static() {
     for outcome in Outcome::ALL {
         counter!("sniroute_connections_total", "outcome" => outcome.as_str()).increment(0);
     }
-    for reason in STRIKE_REASONS {
+    for reason in Outcome::STRIKABLE {
         counter!("sniroute_strikes_total", "reason" => reason.as_str()).increment(0);
     }
     for source in ["strike", "manual"] {

@@ -47,6 +47,17 @@ impl Outcome {
         Outcome::BackendError,
     ];
 
+    /// The outcomes `ban.strike_on` accepts: ones a client causes before
+    /// routing (also the `reason` labels of `sniroute_strikes_total`).
+    pub const STRIKABLE: [Outcome; 6] = [
+        Outcome::UnknownSni,
+        Outcome::NoSni,
+        Outcome::NotTls,
+        Outcome::Timeout,
+        Outcome::Policy,
+        Outcome::TooLarge,
+    ];
+
     /// The word used in logs, metrics and config (`ban.strike_on`).
     pub const fn as_str(self) -> &'static str {
         match self {

@@ -30,15 +30,6 @@ const MAX_CLIENT_HELLO: i64 = 65_536;
 const MAX_WORKERS: i64 = 1024;
 /// What `workers = 0` becomes when the core count cannot be read.
 const FALLBACK_WORKERS: usize = 1;
-/// The outcomes that make sense as strikes: ones a client causes before routing.
-const STRIKABLE: [Outcome; 6] = [
-    Outcome::UnknownSni,
-    Outcome::NoSni,
-    Outcome::NotTls,
-    Outcome::Timeout,
-    Outcome::Policy,
-    Outcome::TooLarge,
-];
 /// The route name used for `[unknown] action = "forward"`.
 const FALLBACK_NAME: &str = "unknown";
 
@@ -413,15 +404,15 @@ impl Checker<'_, '_> {
 
     fn strike(&mut self, raw: &Text) -> Option<Outcome> {
         let word = raw.get_ref().as_str();
-        let words: Vec<String> = STRIKABLE
+        let words: Vec<String> = Outcome::STRIKABLE
             .iter()
             .map(|o| format!("{:?}", o.as_str()))
             .collect();
         let expected = format!("expected some of {}", or_list(&words));
         let msg = match Outcome::from_word(word) {
-            Some(o) if STRIKABLE.contains(&o) => return Some(o),
+            Some(o) if Outcome::STRIKABLE.contains(&o) => return Some(o),
             Some(_) => format!("ban.strike_on: {word:?} is not a reason to strike ({expected})"),
-            None => match STRIKABLE
+            None => match Outcome::STRIKABLE
                 .iter()
                 .find(|o| keys::edit_distance(word, o.as_str()) <= 2)
             {

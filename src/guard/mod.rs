@@ -155,7 +155,7 @@ impl Guard {
             strikes: Mutex::new(StrikeTable::new(strikes::STRIKE_CAP)),
             outcomes: std::array::from_fn(|_| AtomicU64::new(0)),
             strike_counters: Outcome::ALL.map(|o| {
-                crate::metrics::STRIKE_REASONS
+                Outcome::STRIKABLE
                     .contains(&o)
                     .then(|| metrics::counter!("sniroute_strikes_total", "reason" => o.as_str()))
             }),
