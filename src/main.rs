@@ -205,7 +205,10 @@ fn run(path: PathBuf) -> ExitCode {
     });
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            tracing::info!("sniroute stopped");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("sniroute: {e:#}");
             ExitCode::FAILURE

@@ -244,6 +244,7 @@ impl Server {
         }
 
         lifecycle::notify_stopping();
+        tracing::info!("stopping: no new connections");
         accepting.stop_all();
         let grace = shared.snapshot().config.limits.shutdown_grace;
         let open = shared.open_connections();
