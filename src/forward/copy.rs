@@ -15,13 +15,13 @@ use super::{Meter, shutdown_write};
 
 /// 16 KiB: the largest TLS record (16 KiB of payload plus a few hundred bytes
 /// of overhead) moves in one or two reads, and a few thousand active
-/// connections cost tens of MiB at most. Allocated on the first readable
-/// event, so a connection idle from the start holds none.
+/// connections cost tens of MiB at most. Allocated when bytes are ready and
+/// released when the direction waits again, so an idle connection holds none.
 const BUF_SIZE: usize = 16 * 1024;
 
 /// Copy state of one direction.
 pub(super) struct CopyHalf {
-    /// Empty until the first read (lazy allocation), then `BUF_SIZE` long.
+    /// `BUF_SIZE` long while bytes move, empty while the direction waits.
     buf: Vec<u8>,
     /// `buf[start..end]` was read and is not written yet.
     start: usize,
@@ -66,7 +66,12 @@ impl CopyHalf {
                 shutdown_write(to)?;
                 return Poll::Ready(Ok(()));
             } else {
-                ready!(from.poll_read_ready(cx))?;
+                if from.poll_read_ready(cx)?.is_pending() {
+                    // Nothing in flight and nothing to read: a direction that
+                    // waits holds no buffer, so idle connections stay small.
+                    self.buf = Vec::new();
+                    return Poll::Pending;
+                }
                 if self.buf.is_empty() {
                     self.buf = vec![0; BUF_SIZE];
                 }
