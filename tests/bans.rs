@@ -17,13 +17,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -684,32 +683,12 @@ fn start_daemon_blocking(config: &Path, socket: &Path) -> Daemon {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let pipe = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    let seen = stderr.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            if let Some(addr) = line
-                .find("listening on")
-                .and_then(|at| first_addr(&line[at..]))
-            {
-                let _ = tx.send(addr);
-            }
-            let mut seen = seen.lock().unwrap();
-            seen.push_str(&line);
-            seen.push('\n');
-        }
-    });
+    let (addr, stderr) = learn_listen_addr(&mut child);
     let mut daemon = Daemon {
         child,
-        addr: "0.0.0.0:0".parse().unwrap(),
+        addr,
         stderr,
     };
-    daemon.addr = rx
-        .recv_timeout(WAIT)
-        .unwrap_or_else(|_| panic!("no \"listening on\" line; stderr:\n{}", daemon.stderr()));
     // The admin socket is bound after that line: wait until it answers (a
     // stale file from a killed daemon exists but refuses connections).
     let deadline = Instant::now() + WAIT;
@@ -725,16 +704,6 @@ fn start_daemon_blocking(config: &Path, socket: &Path) -> Daemon {
         std::thread::sleep(POLL);
     }
     daemon
-}
-
-/// The first `127.0.0.1:PORT` in `s`.
-fn first_addr(s: &str) -> Option<SocketAddr> {
-    let at = s.find("127.0.0.1:")?;
-    let rest = &s[at..];
-    let end = rest[10..]
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or(rest.len(), |e| e + 10);
-    rest[..end].parse().ok()
 }
 
 /// Waits (bounded) for the child to exit.

@@ -8,11 +8,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -164,50 +162,13 @@ fn spawn_daemon_with_grace(routes: &str, grace: &str) -> Daemon {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + WAIT;
-    let mut seen = String::new();
-    let addr = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                seen.push_str(&line);
-                seen.push('\n');
-                if let Some(addr) = line
-                    .find("listening on")
-                    .and_then(|at| first_addr(&line[at..]))
-                {
-                    break addr;
-                }
-            }
-            Err(_) => panic!("sniroute run never said where it listens; stderr:\n{seen}"),
-        }
-    };
-    // Keep draining stderr so the daemon never blocks on a full pipe.
-    std::thread::spawn(move || while rx.recv().is_ok() {});
+    let (addr, _stderr) = learn_listen_addr(&mut child);
     Daemon {
         child,
         addr,
         log_path,
         _dir: dir,
     }
-}
-
-/// The first `127.0.0.1:PORT` in `s`.
-fn first_addr(s: &str) -> Option<SocketAddr> {
-    let at = s.find("127.0.0.1:")?;
-    let rest = &s[at..];
-    let end = rest[10..]
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or(rest.len(), |e| e + 10);
-    rest[..end].parse().ok()
 }
 
 fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {

@@ -784,3 +784,51 @@ pub async fn expect_eof<R: AsyncReadExt + Unpin>(r: &mut R) {
         .unwrap();
     assert_eq!(n, 0, "extra byte after the expected data");
 }
+
+// ---------------------------------------------------------------------------
+// The real binary
+
+/// Waits (bounded) for a `sniroute run` child to say where it listens (the
+/// "listening on [ADDR]" line on stderr). Everything the child writes to
+/// stderr keeps being collected in the returned buffer, so it never blocks on
+/// a full pipe and a failing test can show it.
+pub fn learn_listen_addr(
+    child: &mut std::process::Child,
+) -> (SocketAddr, Arc<std::sync::Mutex<String>>) {
+    use std::io::BufRead;
+    let stderr = Arc::new(std::sync::Mutex::new(String::new()));
+    let pipe = child.stderr.take().expect("stderr must be piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let seen = Arc::clone(&stderr);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = line
+                .find("listening on")
+                .and_then(|at| first_addr(&line[at..]))
+            {
+                let _ = tx.send(addr);
+            }
+            let mut seen = seen.lock().unwrap();
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+    });
+    match rx.recv_timeout(WAIT) {
+        Ok(addr) => (addr, stderr),
+        Err(_) => panic!(
+            "sniroute never said where it listens; stderr:\n{}",
+            stderr.lock().unwrap()
+        ),
+    }
+}
+
+/// The first `127.0.0.1:PORT` in `s`.
+pub fn first_addr(s: &str) -> Option<SocketAddr> {
+    let at = s.find("127.0.0.1:")?;
+    let rest = &s[at..];
+    let end = rest[10..]
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or(rest.len(), |e| e + 10);
+    rest[..end].parse().ok()
+}

@@ -3,16 +3,14 @@
 //! listening address learnt from the start-up line, and what /proc tells
 //! about it (resident memory, open descriptors by kind, CPU time).
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sniroute::admin::{self, Request, Response, StatusReport};
 
-use crate::common::{POLL, WAIT};
+use crate::common::{POLL, WAIT, learn_listen_addr};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sniroute");
 
@@ -99,34 +97,7 @@ pub fn spawn(body: &str, nofile: Option<u32>) -> Daemon {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + WAIT;
-    let mut seen = String::new();
-    let addr = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                seen.push_str(&line);
-                seen.push('\n');
-                if let Some(addr) = line
-                    .find("listening on")
-                    .and_then(|at| first_addr(&line[at..]))
-                {
-                    break addr;
-                }
-            }
-            Err(_) => panic!("sniroute never said where it listens; stderr:\n{seen}\n{text}"),
-        }
-    };
-    // Keep draining stderr so the daemon never blocks on a full pipe.
-    std::thread::spawn(move || while rx.recv().is_ok() {});
+    let (addr, _stderr) = learn_listen_addr(&mut child);
     Daemon {
         child,
         addr,
@@ -134,16 +105,6 @@ pub fn spawn(body: &str, nofile: Option<u32>) -> Daemon {
         admin: dir.path().join("admin.sock"),
         _dir: dir,
     }
-}
-
-/// The first `127.0.0.1:PORT` in `s`.
-fn first_addr(s: &str) -> Option<SocketAddr> {
-    let at = s.find("127.0.0.1:")?;
-    let rest = &s[at..];
-    let end = rest[10..]
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or(rest.len(), |e| e + 10);
-    rest[..end].parse().ok()
 }
 
 /// Open descriptors of a process, by kind.
