@@ -11,7 +11,7 @@ use std::task::{Context, Poll, ready};
 
 use tokio::net::TcpStream;
 
-use super::{Meter, shutdown_write};
+use super::Meter;
 
 /// 16 KiB: the largest TLS record (16 KiB of payload plus a few hundred bytes
 /// of overhead) moves in one or two reads, and a few thousand active
@@ -41,7 +41,8 @@ impl CopyHalf {
     }
 
     /// Moves bytes `from` -> `to` until nothing is ready (Pending), the
-    /// direction is finished (EOF passed on: Ready(Ok)) or an error.
+    /// direction is finished (EOF read and every byte written: Ready(Ok); the
+    /// caller passes the FIN on) or an error.
     pub(super) fn poll(
         &mut self,
         cx: &mut Context<'_>,
@@ -63,7 +64,6 @@ impl CopyHalf {
                     Err(e) => return Poll::Ready(Err(e)),
                 }
             } else if self.eof {
-                shutdown_write(to)?;
                 return Poll::Ready(Ok(()));
             } else {
                 if from.poll_read_ready(cx)?.is_pending() {

@@ -12,7 +12,8 @@
 //!   ready, so WouldBlock clears tokio's readiness; EINTR is retried;
 //! - a direction that reads EOF first writes out everything it holds (drains
 //!   its pipe or buffer), then `shutdown(Write)`s its destination, and the
-//!   other direction keeps flowing; the relay is Ok once both did that;
+//!   other direction keeps flowing; the relay is Ok once both are done (the
+//!   second FIN goes out with the close, no shutdown needed);
 //! - any error (reset, EPIPE) ends the relay at once and both sockets close
 //!   when they are dropped; no I/O error panics;
 //! - `idle_timeout` without a byte read or written either way ends it with
@@ -106,8 +107,8 @@ pub async fn relay(
     )));
 
     let result = poll_fn(|cx| {
-        let up_poll = up_half.poll(cx, &client, &backend, &mut up);
-        let down_poll = down_half.poll(cx, &backend, &client, &mut down);
+        let up_poll = up_half.poll(cx, &client, &backend, &mut up, down_half.is_done());
+        let down_poll = down_half.poll(cx, &backend, &client, &mut down, up_half.is_done());
         match (up_poll, down_poll) {
             (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),
             (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(Ok(())),
@@ -200,24 +201,36 @@ impl Half {
         Half::Copy(copy::CopyHalf::new())
     }
 
-    /// Ready(Ok) once this direction is done (and stays so).
+    fn is_done(&self) -> bool {
+        matches!(self, Half::Done)
+    }
+
+    /// Ready(Ok) once this direction is done (and stays so). On EOF the FIN
+    /// is passed on with `shutdown(Write)`, unless the other direction is
+    /// already done (`other_done`): the relay then ends and closing the
+    /// socket sends the FIN, one syscall fewer.
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
         from: &TcpStream,
         to: &TcpStream,
         meter: &mut Meter<'_>,
+        other_done: bool,
     ) -> Poll<io::Result<()>> {
         loop {
             match self {
                 Half::Done => return Poll::Ready(Ok(())),
                 Half::Copy(half) => {
                     ready!(half.poll(cx, from, to, meter))?;
+                    pass_fin(to, other_done)?;
                     *self = Half::Done;
                 }
                 #[cfg(target_os = "linux")]
                 Half::Splice(half) => match ready!(half.poll(cx, from, to, meter))? {
-                    splice::Flow::Done => *self = Half::Done,
+                    splice::Flow::Done => {
+                        pass_fin(to, other_done)?;
+                        *self = Half::Done;
+                    }
                     splice::Flow::NoPipe(e) => {
                         tracing::debug!(error = %e, "no pipe for splice; plain copy instead");
                         *self = Half::Copy(copy::CopyHalf::new());
@@ -228,7 +241,11 @@ impl Half {
     }
 }
 
-/// Passes a FIN on: no more bytes will be written to `to`.
-fn shutdown_write(to: &TcpStream) -> io::Result<()> {
+/// Passes a FIN on to `to` (no more bytes will be written to it), unless
+/// the relay is about to close it anyway.
+fn pass_fin(to: &TcpStream, other_done: bool) -> io::Result<()> {
+    if other_done {
+        return Ok(());
+    }
     SockRef::from(to).shutdown(std::net::Shutdown::Write)
 }

@@ -38,7 +38,7 @@ use rustix::pipe::{
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::{Meter, shutdown_write};
+use super::Meter;
 
 /// Pipe size asked for: 256 KiB moves a bulk transfer in a quarter of the
 /// syscalls of Linux's 64 KiB default, stays well under the unprivileged
@@ -121,7 +121,7 @@ impl Pipe {
 
 /// How a splice direction stopped, when it did not fail.
 pub(super) enum Flow {
-    /// EOF passed on: the destination's write side is shut.
+    /// EOF read and every byte written: the caller passes the FIN on.
     Done,
     /// No pipe to be had; nothing in flight: carry on with a plain copy.
     NoPipe(io::Error),
@@ -161,7 +161,6 @@ impl SpliceHalf {
                 ready!(to.poll_write_ready(cx))?;
                 self.drain(to, meter)?;
             } else if self.eof {
-                shutdown_write(to)?;
                 return Poll::Ready(Ok(Flow::Done));
             } else {
                 ready!(from.poll_read_ready(cx))?;
