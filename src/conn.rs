@@ -1,7 +1,12 @@
 //! The story of one client connection, from accept to close, and its single
 //! [`Outcome`]: read the hello, check the policy, pick the route, connect,
-//! replay the hello, relay. Every early exit is an `Err(Outcome)`; the wrapper
-//! [`handle`] writes the one log line, the one metric update and the strike.
+//! replay the hello, relay. Every early exit is an `Err(Outcome)`; [`finish`]
+//! writes the one log line, the one metric update and the strike.
+//!
+//! [`start`] runs on the accept loop: one non-blocking read, and a hello
+//! that is already there and refused ends right there, so a reject costs
+//! accept + read + close. Everything else goes on in its own task,
+//! [`handle`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,21 +19,66 @@ use crate::accesslog::Entry;
 use crate::config::ProxyProtocol;
 use crate::forward::{self, RelayOptions};
 use crate::outcome::Outcome;
-use crate::peek;
+use crate::peek::{self, Early};
 use crate::server::{Shared, Slot, Snapshot};
 
-/// Serves one accepted connection to its end. `slot` holds its place under
-/// `max_connections` until the end.
-pub async fn handle(
+/// Takes over an admitted connection (non-blocking, not yet registered with
+/// the reactor). `slot` holds its place under `max_connections` until the end.
+pub fn start(
+    shared: &Arc<Shared>,
+    snapshot: Arc<Snapshot>,
+    client: std::net::TcpStream,
+    peer: SocketAddr,
+    accepted: Instant,
+    slot: Slot,
+) {
+    let mut hello_bytes = Vec::new();
+    let limits = &snapshot.config.limits;
+    let early = peek::read_now(&client, limits.max_client_hello, &mut hello_bytes);
+    if let Some(Err(outcome)) = early {
+        hello_seconds(shared, accepted);
+        drop(client);
+        drop(slot);
+        finish(shared, peer, outcome, &Entry::default(), accepted);
+        return;
+    }
+    let first = Hello {
+        early,
+        bytes: hello_bytes,
+    };
+    tokio::spawn(handle(
+        Arc::clone(shared),
+        snapshot,
+        client,
+        first,
+        peer,
+        accepted,
+        slot,
+    ));
+}
+
+/// What [`start`] read: the bytes, and the verdict if they made one.
+struct Hello {
+    early: Early,
+    bytes: Vec<u8>,
+}
+
+/// Serves a connection [`start`] could not decide at once, to its end.
+async fn handle(
     shared: Arc<Shared>,
     snapshot: Arc<Snapshot>,
-    client: TcpStream,
+    client: std::net::TcpStream,
+    hello: Hello,
     peer: SocketAddr,
     accepted: Instant,
     slot: Slot,
 ) {
     let mut entry = Entry::default();
-    let outcome = match serve(&shared, &snapshot, client, peer, accepted, &mut entry).await {
+    let served = serve(
+        &shared, &snapshot, client, hello, peer, accepted, &mut entry,
+    )
+    .await;
+    let outcome = match served {
         Ok(()) => Outcome::Routed,
         Err(outcome) => outcome,
     };
@@ -53,7 +103,8 @@ pub fn finish(
 async fn serve(
     shared: &Shared,
     snapshot: &Snapshot,
-    mut client: TcpStream,
+    client: std::net::TcpStream,
+    first: Hello,
     peer: SocketAddr,
     accepted: Instant,
     entry: &mut Entry,
@@ -61,18 +112,22 @@ async fn serve(
     let config = &snapshot.config;
     let limits = &config.limits;
 
-    let mut hello_bytes = Vec::new();
-    let hello = peek::read_client_hello(
-        &mut client,
-        limits.max_client_hello,
-        limits.client_hello_timeout,
-        &mut hello_bytes,
-    )
-    .await;
-    shared
-        .metrics
-        .client_hello_seconds
-        .record(accepted.elapsed().as_secs_f64());
+    // From here on the client socket waits in the reactor. Registration
+    // fails only when the kernel is out of epoll watches or memory.
+    let mut client = TcpStream::from_std(client).map_err(|_| Outcome::Overloaded)?;
+    let Hello {
+        early,
+        bytes: mut hello_bytes,
+    } = first;
+    let hello = match early {
+        Some(verdict) => verdict,
+        None => {
+            let deadline = accepted + limits.client_hello_timeout;
+            let max_len = limits.max_client_hello;
+            peek::read_client_hello(&mut client, max_len, deadline, &mut hello_bytes).await
+        }
+    };
+    hello_seconds(shared, accepted);
     let hello = hello?;
     entry.sni = hello.sni.as_ref().map(|name| name.as_str().to_owned());
 
@@ -130,6 +185,14 @@ async fn serve(
         tracing::debug!(%peer, route = %route.name, "relay ended: {e}");
     }
     Ok(())
+}
+
+/// Time from accept to the hello's verdict.
+fn hello_seconds(shared: &Shared, accepted: Instant) {
+    shared
+        .metrics
+        .client_hello_seconds
+        .record(accepted.elapsed().as_secs_f64());
 }
 
 /// Counts a routed connection in `sniroute_active_connections` while it

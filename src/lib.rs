@@ -6,7 +6,8 @@
 //! - `routes`: name -> route; `guard`: strikes, bans, rate limits;
 //! - `listener`: accept loops; `conn`: one connection, start to end;
 //! - `forward`: backend connect and the two-way relay (splice on Linux);
-//! - `accesslog`, `metrics`, `admin`, `lifecycle`; `server` ties them together.
+//! - `accesslog`, `metrics`, `admin`, `lifecycle`; `server` ties them together;
+//! - `reactor`: the only `unsafe` (registering a listener with tokio).
 
 // Input must never reach a panicking index: data-path code uses `get()`.
 #![deny(clippy::indexing_slicing)]
@@ -24,5 +25,6 @@ pub mod listener;
 pub mod metrics;
 pub mod outcome;
 pub mod peek;
+mod reactor;
 pub mod routes;
 pub mod server;

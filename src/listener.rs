@@ -1,13 +1,19 @@
 //! Accept loops: accept, admit (bans, rate limit), take a slot under
-//! `max_connections`, spawn the connection. Nothing here waits on a client.
+//! `max_connections`, hand the socket to [`conn::start`]. Nothing here waits
+//! on a client.
+//!
+//! Accepted sockets are plain non-blocking `std` sockets, not yet registered
+//! with the reactor: a banned address is closed, and a hello that arrived
+//! with the handshake is decided, without an `epoll_ctl` or a timer.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustix::net::SocketFlags;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -25,6 +31,10 @@ const BACKLOG: i32 = 4096;
 /// listener stays readable, so retrying at once would spin a core.
 const EXHAUSTED_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Connections accepted in a row before the loop lets the connections it
+/// started run: a flood of SYNs must not starve the relays.
+const ACCEPT_BATCH: usize = 64;
+
 /// Binds a listening socket the way a server should: SO_REUSEADDR, IPv6
 /// listeners v6-only (so `[::]:443` can sit beside `0.0.0.0:443`), non-blocking.
 pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
@@ -41,35 +51,65 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 
 /// Accepts on `listener` until `stop` turns true.
 pub async fn accept_loop(
-    listener: TcpListener,
+    listener: AsyncFd<std::net::TcpListener>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
     // Exhaustion is logged once per episode, not on every retry.
     let mut exhausted = false;
     loop {
-        let accepted = tokio::select! {
+        let mut ready = tokio::select! {
             biased;
             _ = stop.wait_for(|stopped| *stopped) => return,
-            accepted = listener.accept() => accepted,
+            ready = listener.readable() => match ready {
+                Ok(ready) => ready,
+                // Only when the runtime itself is shutting down.
+                Err(_) => return,
+            },
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                if std::mem::take(&mut exhausted) {
-                    tracing::info!("accepting again");
+        let mut backoff = false;
+        let mut batch_full = true;
+        for _ in 0..ACCEPT_BATCH {
+            let Ok(accepted) = ready.try_io(|listener| accept(listener.get_ref())) else {
+                // WouldBlock: the queue is empty and readiness is cleared.
+                batch_full = false;
+                break;
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    if std::mem::take(&mut exhausted) {
+                        tracing::info!("accepting again");
+                    }
+                    admit(&shared, stream, peer);
                 }
-                admit(&shared, stream, peer);
-            }
-            Err(e) if is_exhaustion(&e) => {
-                if !std::mem::replace(&mut exhausted, true) {
-                    tracing::warn!("accept: {e}; retrying every {EXHAUSTED_BACKOFF:?}");
+                Err(e) if is_exhaustion(&e) => {
+                    if !std::mem::replace(&mut exhausted, true) {
+                        tracing::warn!("accept: {e}; retrying every {EXHAUSTED_BACKOFF:?}");
+                    }
+                    backoff = true;
+                    break;
                 }
-                tokio::time::sleep(EXHAUSTED_BACKOFF).await;
+                // ECONNABORTED and friends: that one client is gone, carry on.
+                Err(e) => tracing::debug!("accept: {e}"),
             }
-            // ECONNABORTED and friends: that one client is gone, carry on.
-            Err(e) => tracing::debug!("accept: {e}"),
+        }
+        drop(ready);
+        if backoff {
+            tokio::time::sleep(EXHAUSTED_BACKOFF).await;
+        } else if batch_full {
+            tokio::task::yield_now().await;
         }
     }
+}
+
+/// One accept4(2): the new socket comes non-blocking and close-on-exec.
+fn accept(listener: &std::net::TcpListener) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    let (fd, addr) =
+        rustix::net::acceptfrom_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)?;
+    let peer = addr
+        .and_then(|addr| SocketAddr::try_from(addr).ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "peer is not an IP address"))?;
+    Ok((std::net::TcpStream::from(fd), peer))
 }
 
 fn is_exhaustion(e: &io::Error) -> bool {
@@ -81,8 +121,8 @@ fn is_exhaustion(e: &io::Error) -> bool {
     [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM].contains(&errno)
 }
 
-/// Decides at accept time; a refused connection is dropped before a byte is read.
-fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+/// Decides at accept time; a refused connection is closed before a byte is read.
+fn admit(shared: &Arc<Shared>, stream: std::net::TcpStream, peer: SocketAddr) {
     let accepted = Instant::now();
     if let Err(outcome) = shared.guard.admit(peer.ip().to_canonical()) {
         drop(stream);
@@ -101,12 +141,5 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         );
         return;
     };
-    tokio::spawn(conn::handle(
-        Arc::clone(shared),
-        snapshot,
-        stream,
-        peer,
-        accepted,
-        slot,
-    ));
+    conn::start(shared, snapshot, stream, peer, accepted, slot);
 }

@@ -305,7 +305,7 @@ impl Accepting {
         listener: std::net::TcpListener,
         shared: &Arc<Shared>,
     ) -> anyhow::Result<()> {
-        let listener = tokio::net::TcpListener::from_std(listener)
+        let listener = crate::reactor::register_listener(listener)
             .with_context(|| format!("cannot register listener {addr}"))?;
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(listener::accept_loop(listener, Arc::clone(shared), stopped));

@@ -264,6 +264,15 @@ async fn fragmented_hellos_are_routed_byte_exact() {
     let sizes = vec![512; chromium.len() / 512 - 1];
     let framed = reframe(&chromium, &sizes);
     expect_replayed(&router, &mut rx, &framed, 700).await;
+
+    // More than the first read takes, in one write: a hello past 2 KiB (in
+    // records of 64 bytes) with the client's next bytes right behind it.
+    let sizes = vec![64; chromium.len() / 64 - 1];
+    let mut long = reframe(&chromium, &sizes);
+    assert!(long.len() > 2048, "{}", long.len());
+    long.extend_from_slice(&garbage(3000));
+    let line = expect_replayed(&router, &mut rx, &long, long.len()).await;
+    assert_eq!(line["sni"], FIXTURE_SNI);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
