@@ -16,10 +16,11 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::accesslog::Entry;
+use crate::clienthello::ClientHello;
 use crate::config::ProxyProtocol;
 use crate::forward::{self, RelayOptions};
 use crate::outcome::Outcome;
-use crate::peek::{self, Early};
+use crate::peek;
 use crate::server::{Shared, Slot, Snapshot};
 
 /// Takes over an admitted connection (non-blocking, not yet registered with
@@ -32,20 +33,20 @@ pub fn start(
     accepted: Instant,
     slot: Slot,
 ) {
-    let mut hello_bytes = Vec::new();
-    let limits = &snapshot.config.limits;
-    let early = peek::read_now(&client, limits.max_client_hello, &mut hello_bytes);
-    if let Some(Err(outcome)) = early {
+    let mut first = First::default();
+    let max_len = snapshot.config.limits.max_client_hello;
+    if let Some(verdict) = peek::read_now(&client, max_len, &mut first.bytes) {
         hello_seconds(shared, accepted);
-        drop(client);
-        drop(slot);
-        finish(shared, peer, outcome, &Entry::default(), accepted);
-        return;
+        match verdict.and_then(|hello| choose(&snapshot, hello, &mut first.entry)) {
+            Ok(route) => first.route = Some(route),
+            Err(outcome) => {
+                drop(client);
+                drop(slot);
+                finish(shared, peer, outcome, &first.entry, accepted);
+                return;
+            }
+        }
     }
-    let first = Hello {
-        early,
-        bytes: hello_bytes,
-    };
     tokio::spawn(handle(
         Arc::clone(shared),
         snapshot,
@@ -57,33 +58,41 @@ pub fn start(
     ));
 }
 
-/// What [`start`] read: the bytes, and the verdict if they made one.
-struct Hello {
-    early: Early,
+/// What [`start`] learnt: the bytes read so far, and the route if the hello
+/// was complete.
+#[derive(Default)]
+struct First {
     bytes: Vec<u8>,
+    route: Option<usize>,
+    entry: Entry,
 }
 
-/// Serves a connection [`start`] could not decide at once, to its end.
+/// Serves a connection past [`start`], to its end.
 async fn handle(
     shared: Arc<Shared>,
     snapshot: Arc<Snapshot>,
     client: std::net::TcpStream,
-    hello: Hello,
+    mut first: First,
     peer: SocketAddr,
     accepted: Instant,
     slot: Slot,
 ) {
-    let mut entry = Entry::default();
-    let served = serve(
-        &shared, &snapshot, client, hello, peer, accepted, &mut entry,
-    )
-    .await;
+    let served = serve(&shared, &snapshot, client, &mut first, peer, accepted).await;
     let outcome = match served {
         Ok(()) => Outcome::Routed,
         Err(outcome) => outcome,
     };
     drop(slot);
-    finish(&shared, peer, outcome, &entry, accepted);
+    finish(&shared, peer, outcome, &first.entry, accepted);
+}
+
+/// The route for `hello`, after the version policy; notes the SNI in `entry`.
+fn choose(snapshot: &Snapshot, hello: ClientHello, entry: &mut Entry) -> Result<usize, Outcome> {
+    entry.sni = hello.sni.as_ref().map(|name| name.as_str().to_owned());
+    if hello.max_version < snapshot.config.tls.min_version {
+        return Err(Outcome::Policy);
+    }
+    snapshot.routes.pick(hello.sni.as_ref())
 }
 
 /// Records how a connection ended: metric, strike, log line.
@@ -104,39 +113,34 @@ async fn serve(
     shared: &Shared,
     snapshot: &Snapshot,
     client: std::net::TcpStream,
-    first: Hello,
+    first: &mut First,
     peer: SocketAddr,
     accepted: Instant,
-    entry: &mut Entry,
 ) -> Result<(), Outcome> {
     let config = &snapshot.config;
     let limits = &config.limits;
+    let First {
+        bytes: hello_bytes,
+        route,
+        entry,
+    } = first;
 
     // From here on the client socket waits in the reactor. Registration
     // fails only when the kernel is out of epoll watches or memory.
     let mut client = TcpStream::from_std(client).map_err(|_| Outcome::Overloaded)?;
-    let Hello {
-        early,
-        bytes: mut hello_bytes,
-    } = first;
-    let hello = match early {
-        Some(verdict) => verdict,
+    let index = match *route {
+        Some(index) => index,
         None => {
             let deadline = accepted + limits.client_hello_timeout;
             let max_len = limits.max_client_hello;
-            peek::read_client_hello(&mut client, max_len, deadline, &mut hello_bytes).await
+            let hello = peek::read_client_hello(&mut client, max_len, deadline, hello_bytes).await;
+            hello_seconds(shared, accepted);
+            choose(snapshot, hello?, entry)?
         }
     };
-    hello_seconds(shared, accepted);
-    let hello = hello?;
-    entry.sni = hello.sni.as_ref().map(|name| name.as_str().to_owned());
-
-    if hello.max_version < config.tls.min_version {
-        return Err(Outcome::Policy);
-    }
-    let index = snapshot.routes.pick(hello.sni.as_ref())?;
     let (route, meters) = snapshot.route(index).ok_or(Outcome::UnknownSni)?;
     entry.route = Some(route.name.clone());
+    let hello_bytes = std::mem::take(hello_bytes);
 
     let started = Instant::now();
     let (mut backend, backend_addr) = forward::connect(&route.backends, limits.connect_timeout)

@@ -5,8 +5,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use socket2::{SockRef, TcpKeepalive};
-use tokio::net::{TcpSocket, TcpStream};
+use rustix::net::{AddressFamily, SocketFlags, SocketType, ipproto};
+use socket2::{Socket, TcpKeepalive};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
 
 /// Idle time before the first keepalive probe. Sixty seconds keeps NAT and
 /// firewall state between gateway and backend alive (home routers drop idle
@@ -41,8 +43,8 @@ impl std::error::Error for ConnectError {
 
 /// Connects to the first backend of `backends` that accepts within `timeout`
 /// each, trying the next one when one refuses or times out (or fails any
-/// other way: unreachable, no route). Sets TCP_NODELAY and keepalive on the
-/// new socket. Returns the stream and the address used.
+/// other way: unreachable, no route). Sets TCP_NODELAY, and keepalive unless
+/// the backend is on a loopback address. Returns the stream and the address used.
 pub async fn connect(
     backends: &[SocketAddr],
     timeout: Duration,
@@ -58,20 +60,66 @@ pub async fn connect(
 }
 
 async fn connect_one(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    let socket = match addr {
-        SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::INET,
+        SocketAddr::V6(_) => AddressFamily::INET6,
     };
-    // Nagle would hold back the small records of a TLS handshake waiting for
-    // an ACK the peer delays: bytes are relayed as they arrive instead.
-    socket.set_nodelay(true)?;
-    SockRef::from(&socket).set_tcp_keepalive(&keepalive())?;
-    match tokio::time::timeout(timeout, socket.connect(addr)).await {
-        Ok(connected) => connected,
+    let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
+    let fd = rustix::net::socket_with(family, SocketType::STREAM, flags, Some(ipproto::TCP))?;
+    let socket = Socket::from(fd);
+    set_options(&socket, addr)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INPROGRESS.raw_os_error()) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = TcpStream::from_std(socket.into())?;
+    // Over loopback the handshake has usually completed inside connect():
+    // then there is nothing to wait for and no timer to arm.
+    match established(&stream) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        done => return done.map(|()| stream),
+    }
+    let wait = async {
+        loop {
+            stream.writable().await?;
+            match stream.try_io(Interest::WRITABLE, || established(&stream)) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                done => return done,
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, wait).await {
+        Ok(done) => done.map(|()| stream),
         Err(_elapsed) => Err(io::Error::new(
             io::ErrorKind::TimedOut,
             format!("connect to {addr} timed out after {timeout:?}"),
         )),
+    }
+}
+
+/// Nagle would hold back the small records of a TLS handshake waiting for an
+/// ACK the peer delays: bytes are relayed as they arrive instead. A backend
+/// on this host cannot vanish behind a NAT or a dead link, and its kernel
+/// resets the connection if it dies: keepalive is for remote ones.
+fn set_options(socket: &Socket, backend: SocketAddr) -> io::Result<()> {
+    socket.set_tcp_nodelay(true)?;
+    if !backend.ip().is_loopback() {
+        socket.set_tcp_keepalive(&keepalive())?;
+    }
+    Ok(())
+}
+
+/// Whether a non-blocking connect has finished: Ok once connected, the
+/// connect's error if it failed, WouldBlock while the handshake is under way.
+fn established(stream: &TcpStream) -> io::Result<()> {
+    match stream.peer_addr() {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => match stream.take_error()? {
+            Some(e) => Err(e),
+            None => Err(io::ErrorKind::WouldBlock.into()),
+        },
+        Err(e) => Err(e),
     }
 }
 
@@ -80,4 +128,30 @@ fn keepalive() -> TcpKeepalive {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let params = params.with_interval(KEEPALIVE_INTERVAL);
     params
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options_for(backend: &str) -> Socket {
+        let socket = Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        set_options(&socket, backend.parse().unwrap()).unwrap();
+        socket
+    }
+
+    #[test]
+    fn remote_backends_get_keepalive_loopback_ones_do_not() {
+        let remote = options_for("192.0.2.10:443");
+        assert!(remote.tcp_nodelay().unwrap());
+        assert!(remote.keepalive().unwrap());
+        #[cfg(target_os = "linux")]
+        {
+            assert_eq!(remote.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+            assert_eq!(remote.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+        }
+        let local = options_for("127.0.0.1:443");
+        assert!(local.tcp_nodelay().unwrap());
+        assert!(!local.keepalive().unwrap());
+    }
 }
