@@ -3,10 +3,9 @@
 //! replay the hello, relay. Every early exit is an `Err(Outcome)`; [`finish`]
 //! writes the one log line, the one metric update and the strike.
 //!
-//! [`start`] runs on the accept loop: one non-blocking read, and a hello
-//! that is already there and refused ends right there, so a reject costs
-//! accept + read + close. Everything else goes on in its own task,
-//! [`handle`].
+//! The client socket reaches [`start`] unregistered: if its hello is already
+//! there (always with `defer_accept`), a refusal costs accept + read + close,
+//! with no registration with the reactor and no timer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,66 +32,17 @@ pub fn start(
     accepted: Instant,
     slot: Slot,
 ) {
-    let mut first = First::default();
-    let max_len = snapshot.config.limits.max_client_hello;
-    if let Some(verdict) = peek::read_now(&client, max_len, &mut first.bytes) {
-        hello_seconds(shared, accepted);
-        match verdict.and_then(|hello| choose(&snapshot, hello, &mut first.entry)) {
-            Ok(route) => first.route = Some(route),
-            Err(outcome) => {
-                drop(client);
-                drop(slot);
-                finish(shared, peer, outcome, &first.entry, accepted);
-                return;
-            }
-        }
-    }
-    tokio::spawn(handle(
-        Arc::clone(shared),
-        snapshot,
-        client,
-        first,
-        peer,
-        accepted,
-        slot,
-    ));
-}
-
-/// What [`start`] learnt: the bytes read so far, and the route if the hello
-/// was complete.
-#[derive(Default)]
-struct First {
-    bytes: Vec<u8>,
-    route: Option<usize>,
-    entry: Entry,
-}
-
-/// Serves a connection past [`start`], to its end.
-async fn handle(
-    shared: Arc<Shared>,
-    snapshot: Arc<Snapshot>,
-    client: std::net::TcpStream,
-    mut first: First,
-    peer: SocketAddr,
-    accepted: Instant,
-    slot: Slot,
-) {
-    let served = serve(&shared, &snapshot, client, &mut first, peer, accepted).await;
-    let outcome = match served {
-        Ok(()) => Outcome::Routed,
-        Err(outcome) => outcome,
-    };
-    drop(slot);
-    finish(&shared, peer, outcome, &first.entry, accepted);
-}
-
-/// The route for `hello`, after the version policy; notes the SNI in `entry`.
-fn choose(snapshot: &Snapshot, hello: ClientHello, entry: &mut Entry) -> Result<usize, Outcome> {
-    entry.sni = hello.sni.as_ref().map(|name| name.as_str().to_owned());
-    if hello.max_version < snapshot.config.tls.min_version {
-        return Err(Outcome::Policy);
-    }
-    snapshot.routes.pick(hello.sni.as_ref())
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        let mut entry = Entry::default();
+        let served = serve(&shared, &snapshot, client, peer, accepted, &mut entry).await;
+        let outcome = match served {
+            Ok(()) => Outcome::Routed,
+            Err(outcome) => outcome,
+        };
+        drop(slot);
+        finish(&shared, peer, outcome, &entry, accepted);
+    });
 }
 
 /// Records how a connection ended: metric, strike, log line.
@@ -113,34 +63,35 @@ async fn serve(
     shared: &Shared,
     snapshot: &Snapshot,
     client: std::net::TcpStream,
-    first: &mut First,
     peer: SocketAddr,
     accepted: Instant,
+    entry: &mut Entry,
 ) -> Result<(), Outcome> {
     let config = &snapshot.config;
     let limits = &config.limits;
-    let First {
-        bytes: hello_bytes,
-        route,
-        entry,
-    } = first;
+    let max_len = limits.max_client_hello;
 
-    // From here on the client socket waits in the reactor. Registration
-    // fails only when the kernel is out of epoll watches or memory.
-    let mut client = TcpStream::from_std(client).map_err(|_| Outcome::Overloaded)?;
-    let index = match *route {
-        Some(index) => index,
-        None => {
-            let deadline = accepted + limits.client_hello_timeout;
-            let max_len = limits.max_client_hello;
-            let hello = peek::read_client_hello(&mut client, max_len, deadline, hello_bytes).await;
+    // Most clients send the hello right behind the handshake: when it is
+    // already here, a refusal costs no registration with the reactor and no
+    // timer. The task runs after the accept loop's batch, which gives the
+    // hello time to arrive.
+    let mut hello_bytes = Vec::new();
+    let (index, client) = match peek::read_now(&client, max_len, &mut hello_bytes) {
+        Some(verdict) => {
             hello_seconds(shared, accepted);
-            choose(snapshot, hello?, entry)?
+            (choose(snapshot, verdict?, entry)?, register(client)?)
+        }
+        None => {
+            let mut client = register(client)?;
+            let deadline = accepted + limits.client_hello_timeout;
+            let hello =
+                peek::read_client_hello(&mut client, max_len, deadline, &mut hello_bytes).await;
+            hello_seconds(shared, accepted);
+            (choose(snapshot, hello?, entry)?, client)
         }
     };
     let (route, meters) = snapshot.route(index).ok_or(Outcome::UnknownSni)?;
     entry.route = Some(route.name.clone());
-    let hello_bytes = std::mem::take(hello_bytes);
 
     let started = Instant::now();
     let (mut backend, backend_addr) = forward::connect(&route.backends, limits.connect_timeout)
@@ -189,6 +140,21 @@ async fn serve(
         tracing::debug!(%peer, route = %route.name, "relay ended: {e}");
     }
     Ok(())
+}
+
+/// Hands the client socket to the reactor. Fails only when the kernel is out
+/// of epoll watches or memory.
+fn register(client: std::net::TcpStream) -> Result<TcpStream, Outcome> {
+    TcpStream::from_std(client).map_err(|_| Outcome::Overloaded)
+}
+
+/// The route for `hello`, after the version policy; notes the SNI in `entry`.
+fn choose(snapshot: &Snapshot, hello: ClientHello, entry: &mut Entry) -> Result<usize, Outcome> {
+    entry.sni = hello.sni.as_ref().map(|name| name.as_str().to_owned());
+    if hello.max_version < snapshot.config.tls.min_version {
+        return Err(Outcome::Policy);
+    }
+    snapshot.routes.pick(hello.sni.as_ref())
 }
 
 /// Time from accept to the hello's verdict.
