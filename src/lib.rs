@@ -7,7 +7,7 @@
 //! - `listener`: accept loops; `conn`: one connection, start to end;
 //! - `forward`: backend connect and the two-way relay (splice on Linux);
 //! - `accesslog`, `metrics`, `admin`, `lifecycle`; `server` ties them together;
-//! - `reactor`: the only `unsafe` (registering a listener with tokio).
+//! - `sys`: the only `unsafe` (listener registration, TCP_DEFER_ACCEPT).
 
 // Input must never reach a panicking index: data-path code uses `get()`.
 #![deny(clippy::indexing_slicing)]
@@ -25,6 +25,6 @@ pub mod listener;
 pub mod metrics;
 pub mod outcome;
 pub mod peek;
-mod reactor;
 pub mod routes;
 pub mod server;
+mod sys;

@@ -51,7 +51,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 
 /// Accepts on `listener` until `stop` turns true.
 pub async fn accept_loop(
-    listener: AsyncFd<std::net::TcpListener>,
+    listener: Arc<AsyncFd<std::net::TcpListener>>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -230,8 +231,12 @@ impl Server {
                 break;
             };
             lifecycle::notify_reloading();
-            let listeners = (!self.activated).then_some(&mut accepting);
-            let result = reload(&shared, self.config_path.as_ref(), listeners);
+            let result = reload(
+                &shared,
+                self.config_path.as_ref(),
+                &mut accepting,
+                !self.activated,
+            );
             crate::metrics::reload_result(result.is_ok());
             match &result {
                 Ok(summary) => tracing::info!("{summary}"),
@@ -295,7 +300,13 @@ async fn start_metrics(config: &Config) -> anyhow::Result<Option<JoinHandle<()>>
 /// Accept loops by configured address.
 #[derive(Default)]
 struct Accepting {
-    loops: HashMap<SocketAddr, (watch::Sender<bool>, JoinHandle<()>)>,
+    loops: HashMap<SocketAddr, AcceptLoop>,
+}
+
+struct AcceptLoop {
+    listener: Arc<AsyncFd<std::net::TcpListener>>,
+    stop: watch::Sender<bool>,
+    _task: JoinHandle<()>,
 }
 
 impl Accepting {
@@ -305,18 +316,40 @@ impl Accepting {
         listener: std::net::TcpListener,
         shared: &Arc<Shared>,
     ) -> anyhow::Result<()> {
-        let listener = crate::reactor::register_listener(listener)
+        let defer = shared.snapshot().config.defer_accept;
+        crate::sys::set_defer_accept(&listener, defer)
+            .with_context(|| format!("cannot set defer_accept on {addr}"))?;
+        let listener = crate::sys::register_listener(listener)
             .with_context(|| format!("cannot register listener {addr}"))?;
+        let listener = Arc::new(listener);
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(listener::accept_loop(listener, Arc::clone(shared), stopped));
-        self.loops.insert(addr, (stop, task));
+        let task = tokio::spawn(listener::accept_loop(
+            Arc::clone(&listener),
+            Arc::clone(shared),
+            stopped,
+        ));
+        let accept_loop = AcceptLoop {
+            listener,
+            stop,
+            _task: task,
+        };
+        self.loops.insert(addr, accept_loop);
         Ok(())
     }
 
     fn stop(&mut self, addr: &SocketAddr) {
-        if let Some((stop, _task)) = self.loops.remove(addr) {
-            let _ = stop.send(true);
+        if let Some(accept_loop) = self.loops.remove(addr) {
+            let _ = accept_loop.stop.send(true);
         }
+    }
+
+    /// Applies `defer_accept` to every listener, old and new.
+    fn set_defer_accept(&self, on: bool) -> Result<(), String> {
+        for (addr, accept_loop) in &self.loops {
+            crate::sys::set_defer_accept(accept_loop.listener.get_ref(), on)
+                .map_err(|e| format!("cannot set defer_accept on {addr}: {e}"))?;
+        }
+        Ok(())
     }
 
     fn stop_all(&mut self) {
@@ -328,17 +361,20 @@ impl Accepting {
 }
 
 /// Loads the config file with the same code as `check`; on success swaps the
-/// snapshot, reconfigures the guard, reopens the log and adjusts listeners.
+/// snapshot, reconfigures the guard, reopens the log and adjusts listeners
+/// (which ones listen only when `follow_listen`: not with socket activation).
 fn reload(
     shared: &Arc<Shared>,
     path: Option<&PathBuf>,
-    accepting: Option<&mut Accepting>,
+    accepting: &mut Accepting,
+    follow_listen: bool,
 ) -> Result<String, String> {
     let path = path.ok_or("no config file to reload from")?;
     let config = config::load(path).map_err(|e| e.to_string())?;
-    if let Some(accepting) = accepting {
+    if follow_listen {
         accepting.follow(&config.listen, shared)?;
     }
+    accepting.set_defer_accept(config.defer_accept)?;
     shared.guard.reconfigure(&config.ban, &config.rate_limit);
     shared.log.reopen();
     let summary = format!(

@@ -96,6 +96,7 @@ fn the_example_config_states_every_default() {
     );
     assert_eq!(example.tls, minimal.tls);
     assert_eq!(example.splice, minimal.splice);
+    assert_eq!(example.defer_accept, minimal.defer_accept);
     assert_eq!(example.workers, minimal.workers);
     assert_eq!(example.ban.strike_on, minimal.ban.strike_on);
     assert_eq!(
@@ -214,6 +215,7 @@ fn a_minimal_config_gets_the_spec_defaults() {
     let c = parse(MINIMAL);
     assert!(c.workers >= 1, "workers = 0 becomes the core count");
     assert!(c.splice);
+    assert!(!c.defer_accept);
     assert_eq!(c.limits.client_hello_timeout, Duration::from_secs(5));
     assert_eq!(c.limits.max_client_hello, 16384);
     assert_eq!(c.limits.connect_timeout, Duration::from_secs(3));
@@ -272,8 +274,14 @@ fn empty_strings_turn_features_off() {
 
 #[test]
 fn values_are_canonicalised() {
-    let c = parse(&top("workers = 3\nsplice = false\n"));
-    assert_eq!((c.workers, c.splice), (3, false));
+    let c = parse(&top("workers = 3\nsplice = false\ndefer_accept = true\n"));
+    assert_eq!((c.workers, c.splice, c.defer_accept), (3, false, true));
+    assert!(
+        c.summary()
+            .contains("(3 workers, relay by plain copy, deferred accept)"),
+        "{}",
+        c.summary()
+    );
     let c = parse(&with(
         "\n[[route]]\nsni = [\"B.Example.ORG.\", \"*.Apps.Example.org\"]\nbackends = [\"[2001:db8::7]:8443\"]\nproxy_protocol = \"v1\"\n\n[ban]\nignore = [\"10.1.2.3/8\", \"::1\"]\nstrike_on = [\"timeout\", \"timeout\", \"too_large\"]\nfind_time = \"1h30m\"\n",
     ));
@@ -362,7 +370,7 @@ fn unknown_keys_everywhere_are_all_reported_with_suggestions() {
             (
                 2,
                 1,
-                "unknown key \"listen_on\" at top level; expected one of: listen, workers, splice, limits, tls, route, unknown, ban, rate_limit, metrics, admin, log"
+                "unknown key \"listen_on\" at top level; expected one of: listen, workers, splice, defer_accept, limits, tls, route, unknown, ban, rate_limit, metrics, admin, log"
             ),
             (
                 6,

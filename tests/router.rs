@@ -702,3 +702,39 @@ async fn unknown_action_forward_sends_unknown_and_missing_sni_to_the_catch_all()
         assert_eq!(line["backend"], catch_all.to_string(), "{line}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// defer_accept: the kernel hands over a connection once its hello arrived
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defer_accept_holds_silent_clients_in_the_kernel() {
+    let (backend, mut rx) = spawn_recording_backend().await;
+    // One connection at a time: a silent client that had been handed over
+    // would hold the only slot, and the next client would be `overloaded`.
+    let body = format!(
+        "defer_accept = true\n\n[limits]\nmax_connections = 1\nclient_hello_timeout = \"300ms\"\n\n{}",
+        route(FIXTURE_SNI, backend)
+    );
+    let router = spawn_router(&body).await;
+
+    let silent_started = tokio::time::Instant::now();
+    let mut silent = connect(router.addr).await;
+    let silent_local = silent.local_addr().unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let hello = fixture("openssl.bin");
+    let line = expect_replayed(&router, &mut rx, &hello, hello.len()).await;
+    assert_eq!(line["sni"], FIXTURE_SNI);
+
+    // The silent one is handed over with the SYN-ACK retransmission (about a
+    // second after its handshake), then its hello timeout runs.
+    assert!(read_all(&mut silent).await.is_empty());
+    let waited = silent_started.elapsed();
+    let line = router.wait_outcome(silent_local).await;
+    assert_eq!(line["outcome"], "timeout", "{line}");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after {waited:?}: the silent client was not deferred"
+    );
+}

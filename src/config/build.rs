@@ -57,6 +57,7 @@ pub(super) fn build(src: &Source<'_>, raw: RawConfig, diags: &mut Vec<Diagnostic
         listen,
         workers,
         splice: raw.top.splice.unwrap_or(true),
+        defer_accept: raw.top.defer_accept.unwrap_or(false),
         limits: c.limits(&raw.limits),
         tls: c.tls(&raw.tls),
         routes,

@@ -30,6 +30,12 @@ pub struct Config {
     pub workers: usize,
     /// `splice` (default true): use splice(2) to relay on Linux; false forces a plain copy.
     pub splice: bool,
+    /// `defer_accept` (default false): Linux's TCP_DEFER_ACCEPT on the
+    /// listeners. The kernel hands over a connection only once its first
+    /// bytes arrived (or, for a silent client, after about a second), so a
+    /// refusal costs no wait for the hello. A client that connects and closes
+    /// without a byte within that second is never seen: no outcome, no log line.
+    pub defer_accept: bool,
     /// `[limits]`.
     pub limits: Limits,
     /// `[tls]`.

@@ -33,6 +33,8 @@ pub(super) struct RawTop {
     pub workers: Option<Int>,
     /// `splice`: default true.
     pub splice: Option<bool>,
+    /// `defer_accept`: default false.
+    pub defer_accept: Option<bool>,
 }
 
 /// `[limits]`
@@ -407,7 +409,7 @@ fn expectation(key: &str) -> Option<&'static str> {
         "ignore" => "an array of addresses or CIDRs like [\"192.0.2.10\", \"2001:db8::/48\"]",
         "strike_on" => "an array of outcomes like [\"unknown_sni\", \"no_sni\", \"not_tls\"]",
         "min_version" => "a quoted version: \"1.0\", \"1.1\", \"1.2\" or \"1.3\"",
-        "enabled" | "splice" => "true or false",
+        "enabled" | "splice" | "defer_accept" => "true or false",
         "state_file" | "socket" | "access" => "a quoted path",
         _ => return None,
     })

@@ -17,8 +17,13 @@ impl Config {
         } else {
             "relay by plain copy"
         };
+        let defer = if self.defer_accept {
+            ", deferred accept"
+        } else {
+            ""
+        };
         lines.push(format!(
-            "listen: {} ({} workers, {splice})",
+            "listen: {} ({} workers, {splice}{defer})",
             listen.join(", "),
             self.workers
         ));
