@@ -38,9 +38,16 @@ BACKEND=127.0.0.1:19000
 # One port per target, so a proxy slow to release its port never collides.
 declare -A PORT=([direct]=19000 [sniroute]=19001 [sniroute-copy]=19002
                  [haproxy]=19003 [nginx]=19004 [sniproxy]=19005
-                 [sniroute-candidate]=19006)
-TARGETS=(direct sniroute sniroute-copy haproxy nginx sniproxy)
-[[ -n "${CANDIDATE:-}" ]] && TARGETS=(direct sniroute sniroute-candidate sniroute-copy haproxy nginx sniproxy)
+                 [sniroute-candidate]=19006 [sniroute-deferred]=19007
+                 [haproxy-deferred]=19008 [floor]=19010)
+# The `-deferred` rows run with deferred accept (TCP_DEFER_ACCEPT: sniroute's
+# `defer_accept`, HAProxy's `defer-accept`; nginx's stream module and
+# sniproxy have none) and only the connection phases, which it changes (not
+# `banned`: a silent banned client waits for the deferral like any other).
+# `floor` is the cheapest possible reject (`loadgen floor`).
+TARGETS=(direct sniroute sniroute-copy haproxy nginx sniproxy
+         sniroute-deferred haproxy-deferred floor)
+[[ -n "${CANDIDATE:-}" ]] && TARGETS=(direct sniroute sniroute-candidate "${TARGETS[@]:2}")
 [[ -n "${ONLY:-}" ]] && read -r -a TARGETS <<<"$ONLY"
 
 if [[ -n "${QUICK:-}" ]]; then
@@ -114,7 +121,7 @@ PIDS+=("$BACKEND_PID")
 "$LOADGEN" wait "$BACKEND"
 
 # ------------------------------------------------------------------ configs --
-sniroute_config() { # $1 = port, $2 = splice true|false
+sniroute_config() { # $1 = port, $2 = splice true|false, $3 = defer_accept true|false
     cat <<EOF
 # Equivalent of the peers' configs: one worker, one routed name, every other
 # name closed. Ban and rate limit on, as shipped; the reject phase's sources
@@ -123,6 +130,7 @@ sniroute_config() { # $1 = port, $2 = splice true|false
 listen = ["127.0.0.1:$1"]
 workers = 1
 splice = $2
+defer_accept = $3
 [limits]
 shutdown_grace = "1s"
 [[route]]
@@ -141,7 +149,7 @@ access = "off"
 EOF
 }
 
-haproxy_config() {
+haproxy_config() { # $1 = port, $2 = extra bind options
     cat <<EOF
 global
     nbthread 1
@@ -156,7 +164,7 @@ defaults
     option splice-request
     option splice-response
 frontend tls
-    bind 127.0.0.1:$1
+    bind 127.0.0.1:$1$2
     tcp-request inspect-delay 5s
     tcp-request content reject if { req.ssl_hello_type 1 } !{ req.ssl_sni -i fixture.example }
     tcp-request content accept if { req.ssl_hello_type 1 }
@@ -166,14 +174,14 @@ backend fixture
 EOF
 }
 
-nginx_config() {
+nginx_config() { # $1 = port, $2 = its directory
     cat <<EOF
 daemon off;
 master_process on;
 worker_processes 1;
 worker_rlimit_nofile 20000;
-pid $OUT/nginx/nginx.pid;
-error_log $OUT/nginx/error.log crit;
+pid $2/nginx.pid;
+error_log $2/error.log crit;
 load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 events { worker_connections 10000; }
 stream {
@@ -220,20 +228,26 @@ EOF
 start() {
     local name=$1 port=${PORT[$1]}
     case $name in
-    sniroute | sniroute-copy | sniroute-candidate)
-        local splice=true
+    sniroute | sniroute-copy | sniroute-candidate | sniroute-deferred)
+        local splice=true defer=false
         [[ $name == sniroute-copy ]] && splice=false
-        sniroute_config "$port" "$splice" >"$OUT/$name.toml"
+        [[ $name == sniroute-deferred ]] && defer=true
+        sniroute_config "$port" "$splice" "$defer" >"$OUT/$name.toml"
         SNIROUTE_LOG=warn "$(binary_for "$name")" run -c "$OUT/$name.toml" 2>"$OUT/$name.log" &
         ;;
-    haproxy)
-        haproxy_config "$port" >"$OUT/haproxy.cfg"
-        haproxy -db -f "$OUT/haproxy.cfg" 2>"$OUT/haproxy.log" &
+    haproxy | haproxy-deferred)
+        local opts=""
+        [[ $name == haproxy-deferred ]] && opts=" defer-accept"
+        haproxy_config "$port" "$opts" >"$OUT/$name.cfg"
+        haproxy -db -f "$OUT/$name.cfg" 2>"$OUT/$name.log" &
         ;;
     nginx)
         mkdir -p "$OUT/nginx"
-        nginx_config "$port" >"$OUT/nginx/nginx.conf"
+        nginx_config "$port" "$OUT/nginx" >"$OUT/nginx/nginx.conf"
         nginx -p "$OUT/nginx" -e "$OUT/nginx/error.log" -c "$OUT/nginx/nginx.conf" 2>"$OUT/nginx.log" &
+        ;;
+    floor)
+        "$LOADGEN" floor "127.0.0.1:$port" 2>"$OUT/floor.log" &
         ;;
     sniproxy)
         sniproxy_config "$port" >"$OUT/sniproxy.conf"
@@ -259,7 +273,8 @@ binary_for() {
     case $1 in
     sniroute-candidate) echo "$CANDIDATE" ;;
     sniroute*) echo "$SNIROUTE" ;;
-    *) echo "$1" ;;
+    floor) echo "$LOADGEN" ;;
+    *) echo "${1%-deferred}" ;;
     esac
 }
 
@@ -277,6 +292,8 @@ for name in "${TARGETS[@]}"; do
           --backend-pid "$BACKEND_PID" "${SIZES[@]}")
     case $name in
     direct) args+=(--phases bulk1,bulk8,rate) ;;
+    floor) args+=(--phases reject) ;;
+    *-deferred) args+=(--phases rate,reject) ;;
     sniroute | sniroute-candidate) args+=(--phases "$PROXY_PHASES,banned") ;;
     *) args+=(--phases "$PROXY_PHASES") ;;
     esac

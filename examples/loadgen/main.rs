@@ -1,6 +1,8 @@
 //! sniroute's load generator and stand-in backend, for `benches/compare.sh`.
 //!
 //! - `loadgen backend ADDR`: the backend every proxy routes `fixture.example` to.
+//! - `loadgen floor ADDR`: the cheapest possible reject (blocking accept, one
+//!   read, close; no event loop, no parsing): the kernel's share of a reject.
 //! - `loadgen wait ADDR`: returns once ADDR accepts connections.
 //! - `loadgen run --name N --target ADDR --pid PID... --out FILE`: runs the
 //!   phases against one proxy (or the backend itself: the direct ceiling),
@@ -42,6 +44,9 @@ struct Cli {
 enum Command {
     /// Serve as the stand-in backend on ADDR.
     Backend { addr: SocketAddr },
+    /// Refuse every connection on ADDR as cheaply as a process can: accept,
+    /// one read, close, one connection at a time. The `floor` row.
+    Floor { addr: SocketAddr },
     /// Wait until ADDR accepts a TCP connection.
     Wait {
         addr: SocketAddr,
@@ -121,6 +126,15 @@ const WAIT_RETRY: Duration = Duration::from_millis(20);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Floor { addr } = cli.command {
+        return match floor(addr) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("loadgen: floor: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -134,6 +148,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Backend { addr } => backend::serve(addr).await,
+            Command::Floor { .. } => Ok(()),
             Command::Wait { addr, secs } => wait(addr, secs).await,
             Command::Quiet { below, secs } => quiet(below, secs).await,
             Command::Run(args) => run(args).await,
@@ -146,6 +161,22 @@ fn main() -> ExitCode {
             eprintln!("loadgen: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The reject floor: what the kernel charges a process for accepting a
+/// connection, reading its hello and closing it, with blocking calls and
+/// nothing else (no readiness events, no registration, no timers, no
+/// parsing). No proxy can refuse for less.
+fn floor(addr: SocketAddr) -> anyhow::Result<()> {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
+    let mut buf = [0u8; 2048];
+    loop {
+        let Ok((mut conn, _)) = listener.accept() else {
+            continue;
+        };
+        let _ = conn.read(&mut buf);
     }
 }
 
