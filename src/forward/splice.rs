@@ -40,21 +40,25 @@ use tokio::net::TcpStream;
 
 use super::Meter;
 
-/// Pipe size asked for: 256 KiB moves a bulk transfer in a quarter of the
-/// syscalls of Linux's 64 KiB default, stays well under the unprivileged
-/// `pipe-max-size` (1 MiB), and only pipes holding data are charged in
-/// practice, since idle connections hold none.
-const PIPE_SIZE: usize = 256 * 1024;
+/// Pipe size asked for: the unprivileged `pipe-max-size` (1 MiB). A bulk
+/// stream then moves in a sixteenth of the splices of Linux's 64 KiB default;
+/// against 256 KiB it measured 0.27 instead of 0.33 CPU-s per GiB on one
+/// stream (BENCHMARKS.md). Only pages holding data cost memory, but the
+/// kernel charges a pipe's full size to the user's `pipe-user-pages-soft`
+/// budget (64 MiB): past it, new pipes get two pages and still work, just
+/// with more splices. Idle connections hold no pipe.
+const PIPE_SIZE: usize = 1024 * 1024;
 
 /// Capacity assumed if the kernel will tell us neither way (its default).
 const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
 
-/// Idle pipes kept for reuse. An idle pipe costs two file descriptors and a
-/// little kernel memory; 64 covers the directions of a home gateway that move
-/// data at the same moment (a pipe is only out of the pool while a chunk is
-/// in flight, microseconds on a LAN), while a past burst of thousands of
-/// transfers leaves no more than 128 descriptors behind.
-pub const POOL_CAP: usize = 64;
+/// Idle pipes kept for reuse. An idle pipe costs two file descriptors and is
+/// charged its full size (see [`PIPE_SIZE`]); 16 covers the directions of a
+/// home gateway that move data at the same moment (a pipe is only out of the
+/// pool while a chunk is in flight, microseconds on a LAN) and keeps idle
+/// pipes to a quarter of the unprivileged pipe budget, while a past burst of
+/// thousands of transfers leaves no more than 32 descriptors behind.
+pub const POOL_CAP: usize = 16;
 
 /// Idle pipes, shared by every worker thread. The lock is held only for a
 /// push or a pop, never across an `.await` or a syscall.
