@@ -71,10 +71,10 @@ async fn serve(
     let limits = &config.limits;
     let max_len = limits.max_client_hello;
 
-    // Most clients send the hello right behind the handshake: when it is
-    // already here, a refusal costs no registration with the reactor and no
-    // timer. The task runs after the accept loop's batch, which gives the
-    // hello time to arrive.
+    // When the hello is already here (always with `defer_accept`; otherwise
+    // only when the accept queue was backed up: it usually arrives a few
+    // microseconds after the handshake), a refusal costs no registration
+    // with the reactor and no timer. Else the socket waits in the reactor.
     let mut hello_bytes = Vec::new();
     let (index, client) = match peek::read_now(&client, max_len, &mut hello_bytes) {
         Some(verdict) => {
