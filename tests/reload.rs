@@ -1,6 +1,6 @@
-//! Reload in-process: listeners follow `listen` (added and removed), routes
-//! change at once, and an invalid config is refused with its place while the
-//! old one keeps serving.
+//! Reload in-process: listeners follow `listen` (added and removed) and
+//! `defer_accept`, routes change at once, and an invalid config is refused
+//! with its place while the old one keeps serving.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -122,4 +122,59 @@ async fn a_listen_address_that_cannot_be_bound_refuses_the_whole_reload() {
     let got = tokio::time::timeout(Duration::from_secs(10), exchange(router.addr, &hello)).await;
     assert_eq!(got.unwrap().1, hello);
     router.stop().await.unwrap();
+}
+
+/// Connects and sends nothing; returns how long until sniroute closed it.
+async fn silent_client_closed_after(addr: SocketAddr) -> (SocketAddr, Duration) {
+    let started = tokio::time::Instant::now();
+    let mut s = connect(addr).await;
+    let local = s.local_addr().unwrap();
+    assert!(read_all(&mut s).await.is_empty());
+    (local, started.elapsed())
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_turns_defer_accept_on_and_off() {
+    let backend = spawn_echo_backend().await;
+    let router = spawn_router(&format!(
+        "[limits]\nclient_hello_timeout = \"300ms\"\n\n\
+         [[route]]\nsni = [\"{FIXTURE_SNI}\"]\nbackend = \"{backend}\"\n"
+    ))
+    .await;
+    let original = std::fs::read_to_string(&router.config_path).unwrap();
+    let listen = "listen = [\"127.0.0.1:0\"]";
+    assert!(original.contains(listen), "{original}");
+    let deferred = original.replace(listen, &format!("{listen}\ndefer_accept = true"));
+
+    // Off: a silent client is accepted at once and closed by the hello timeout.
+    let (local, waited) = silent_client_closed_after(router.addr).await;
+    assert!(
+        waited < Duration::from_millis(900),
+        "closed after {waited:?}"
+    );
+    assert_eq!(router.wait_outcome(local).await["outcome"], "timeout");
+
+    // On: the kernel holds it until the SYN-ACK retransmission, about a second.
+    let summary = reload(&router, &deferred).await.unwrap();
+    assert!(summary.contains("reloaded"), "{summary}");
+    let (local, waited) = silent_client_closed_after(router.addr).await;
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after {waited:?}"
+    );
+    assert_eq!(router.wait_outcome(local).await["outcome"], "timeout");
+    // A client that sends its hello is served at once all the same.
+    let hello = fixture("curl.bin");
+    let (local, echoed) = exchange(router.addr, &hello).await;
+    assert_eq!(echoed, hello);
+    assert_eq!(router.wait_outcome(local).await["outcome"], "routed");
+
+    // Off again.
+    reload(&router, &original).await.unwrap();
+    let (_, waited) = silent_client_closed_after(router.addr).await;
+    assert!(
+        waited < Duration::from_millis(900),
+        "closed after {waited:?}"
+    );
 }
