@@ -414,8 +414,12 @@ async fn connect_skips_a_refusing_backend() {
         .unwrap();
     assert_eq!(used, live_addr);
     assert!(stream.nodelay().unwrap());
-    // A loopback backend needs no keepalive (unit-tested for remote ones).
-    assert!(!SockRef::from(&stream).keepalive().unwrap());
+    assert!(SockRef::from(&stream).keepalive().unwrap());
+    #[cfg(target_os = "linux")]
+    assert_eq!(
+        SockRef::from(&stream).tcp_keepalive_time().unwrap(),
+        Duration::from_secs(60)
+    );
 }
 
 #[tokio::test]

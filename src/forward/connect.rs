@@ -43,8 +43,8 @@ impl std::error::Error for ConnectError {
 
 /// Connects to the first backend of `backends` that accepts within `timeout`
 /// each, trying the next one when one refuses or times out (or fails any
-/// other way: unreachable, no route). Sets TCP_NODELAY, and keepalive unless
-/// the backend is on a loopback address. Returns the stream and the address used.
+/// other way: unreachable, no route). Sets TCP_NODELAY and keepalive on the
+/// new socket. Returns the stream and the address used.
 pub async fn connect(
     backends: &[SocketAddr],
     timeout: Duration,
@@ -67,7 +67,7 @@ async fn connect_one(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStrea
     let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
     let fd = rustix::net::socket_with(family, SocketType::STREAM, flags, Some(ipproto::TCP))?;
     let socket = Socket::from(fd);
-    set_options(&socket, addr)?;
+    set_options(&socket)?;
     match socket.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INPROGRESS.raw_os_error()) => {}
@@ -99,15 +99,10 @@ async fn connect_one(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStrea
 }
 
 /// Nagle would hold back the small records of a TLS handshake waiting for an
-/// ACK the peer delays: bytes are relayed as they arrive instead. A backend
-/// on this host cannot vanish behind a NAT or a dead link, and its kernel
-/// resets the connection if it dies: keepalive is for remote ones.
-fn set_options(socket: &Socket, backend: SocketAddr) -> io::Result<()> {
+/// ACK the peer delays: bytes are relayed as they arrive instead.
+fn set_options(socket: &Socket) -> io::Result<()> {
     socket.set_tcp_nodelay(true)?;
-    if !backend.ip().is_loopback() {
-        socket.set_tcp_keepalive(&keepalive())?;
-    }
-    Ok(())
+    socket.set_tcp_keepalive(&keepalive())
 }
 
 /// Whether a non-blocking connect has finished: Ok once connected, the
@@ -128,30 +123,4 @@ fn keepalive() -> TcpKeepalive {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let params = params.with_interval(KEEPALIVE_INTERVAL);
     params
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn options_for(backend: &str) -> Socket {
-        let socket = Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        set_options(&socket, backend.parse().unwrap()).unwrap();
-        socket
-    }
-
-    #[test]
-    fn remote_backends_get_keepalive_loopback_ones_do_not() {
-        let remote = options_for("192.0.2.10:443");
-        assert!(remote.tcp_nodelay().unwrap());
-        assert!(remote.keepalive().unwrap());
-        #[cfg(target_os = "linux")]
-        {
-            assert_eq!(remote.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
-            assert_eq!(remote.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
-        }
-        let local = options_for("127.0.0.1:443");
-        assert!(local.tcp_nodelay().unwrap());
-        assert!(!local.keepalive().unwrap());
-    }
 }
