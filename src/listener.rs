@@ -36,14 +36,16 @@ const EXHAUSTED_BACKOFF: Duration = Duration::from_millis(100);
 const ACCEPT_BATCH: usize = 64;
 
 /// Binds a listening socket the way a server should: SO_REUSEADDR, IPv6
-/// listeners v6-only (so `[::]:443` can sit beside `0.0.0.0:443`), non-blocking.
-pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+/// listeners v6-only (so `[::]:443` can sit beside `0.0.0.0:443`), non-blocking,
+/// and `defer_accept` set before the first connection can arrive.
+pub fn bind(addr: SocketAddr, defer_accept: bool) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
+    crate::sys::set_defer_accept(&socket, defer_accept)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     Ok(socket.into())

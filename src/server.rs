@@ -130,7 +130,8 @@ impl Server {
             .listen
             .iter()
             .map(|&addr| {
-                let l = listener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+                let l = listener::bind(addr, config.defer_accept)
+                    .with_context(|| format!("cannot listen on {addr}"))?;
                 Ok((addr, l))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -175,6 +176,7 @@ impl Server {
             .into_iter()
             .map(|l| {
                 l.set_nonblocking(true)?;
+                crate::sys::set_defer_accept(&l, config.defer_accept)?;
                 Ok((l.local_addr()?, l))
             })
             .collect::<std::io::Result<Vec<_>>>()
@@ -316,9 +318,6 @@ impl Accepting {
         listener: std::net::TcpListener,
         shared: &Arc<Shared>,
     ) -> anyhow::Result<()> {
-        let defer = shared.snapshot().config.defer_accept;
-        crate::sys::set_defer_accept(&listener, defer)
-            .with_context(|| format!("cannot set defer_accept on {addr}"))?;
         let listener = crate::sys::register_listener(listener)
             .with_context(|| format!("cannot register listener {addr}"))?;
         let listener = Arc::new(listener);
@@ -343,7 +342,7 @@ impl Accepting {
         }
     }
 
-    /// Applies `defer_accept` to every listener, old and new.
+    /// Applies `defer_accept` to every listener (new ones have it already).
     fn set_defer_accept(&self, on: bool) -> Result<(), String> {
         for (addr, accept_loop) in &self.loops {
             crate::sys::set_defer_accept(accept_loop.listener.get_ref(), on)
@@ -372,7 +371,7 @@ fn reload(
     let path = path.ok_or("no config file to reload from")?;
     let config = config::load(path).map_err(|e| e.to_string())?;
     if follow_listen {
-        accepting.follow(&config.listen, shared)?;
+        accepting.follow(&config.listen, config.defer_accept, shared)?;
     }
     accepting.set_defer_accept(config.defer_accept)?;
     shared.guard.reconfigure(&config.ban, &config.rate_limit);
@@ -389,12 +388,17 @@ fn reload(
 impl Accepting {
     /// Starts and stops accept loops so they match `listen`. New addresses are
     /// bound first, so one that cannot be bound refuses the reload untouched.
-    fn follow(&mut self, listen: &[SocketAddr], shared: &Arc<Shared>) -> Result<(), String> {
+    fn follow(
+        &mut self,
+        listen: &[SocketAddr],
+        defer_accept: bool,
+        shared: &Arc<Shared>,
+    ) -> Result<(), String> {
         let mut new_listeners = Vec::new();
         for &addr in listen {
             if !self.loops.contains_key(&addr) {
-                let l =
-                    listener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+                let l = listener::bind(addr, defer_accept)
+                    .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
                 new_listeners.push((addr, l));
             }
         }

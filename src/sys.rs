@@ -11,6 +11,7 @@
 
 use std::io;
 use std::net::TcpListener;
+use std::os::fd::AsFd;
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -35,9 +36,9 @@ pub fn register_listener(listener: TcpListener) -> io::Result<AsyncFd<TcpListene
 #[cfg(target_os = "linux")]
 const DEFER_SECS: libc::c_int = 1;
 
-/// Turns Linux's `TCP_DEFER_ACCEPT` on or off for `listener`.
+/// Turns Linux's `TCP_DEFER_ACCEPT` on or off for a listening socket.
 #[cfg(target_os = "linux")]
-pub fn set_defer_accept(listener: &TcpListener, on: bool) -> io::Result<()> {
+pub fn set_defer_accept(listener: &impl AsFd, on: bool) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let value: libc::c_int = if on { DEFER_SECS } else { 0 };
     let len = libc::socklen_t::try_from(std::mem::size_of_val(&value))
@@ -47,7 +48,7 @@ pub fn set_defer_accept(listener: &TcpListener, on: bool) -> io::Result<()> {
     // stack and `len` is its exact size; the kernel only reads it.
     let rc = unsafe {
         libc::setsockopt(
-            listener.as_raw_fd(),
+            listener.as_fd().as_raw_fd(),
             libc::IPPROTO_TCP,
             libc::TCP_DEFER_ACCEPT,
             (&raw const value).cast(),
@@ -63,7 +64,7 @@ pub fn set_defer_accept(listener: &TcpListener, on: bool) -> io::Result<()> {
 
 /// `TCP_DEFER_ACCEPT` is Linux only; elsewhere `defer_accept = true` fails.
 #[cfg(not(target_os = "linux"))]
-pub fn set_defer_accept(_listener: &TcpListener, on: bool) -> io::Result<()> {
+pub fn set_defer_accept(_listener: &impl AsFd, on: bool) -> io::Result<()> {
     if on {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
