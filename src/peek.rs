@@ -2,10 +2,11 @@
 //! within the hello timeout, deciding only when the parser can. The bytes are
 //! kept so the connection handler can replay them to the backend.
 //!
-//! Two steps: [`read_now`], one non-blocking read right after accept (most
-//! clients send the hello with the handshake's last ACK, so it is usually
-//! there already), then, only if the parser needs more, [`read_client_hello`]
-//! waits for the rest on the registered socket.
+//! Two steps: [`read_now`], one non-blocking read right after accept (the
+//! hello is there with `defer_accept`, or when the accept queue was backed
+//! up; otherwise it usually arrives a few microseconds after the handshake),
+//! then, only if the parser needs more, [`read_client_hello`] waits for the
+//! rest on the registered socket.
 //!
 //! No `MSG_PEEK`: peeking in a loop spins while the socket stays readable.
 
