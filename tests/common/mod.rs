@@ -407,14 +407,16 @@ pub struct Router {
 }
 
 /// Sections the harness adds unless the test's TOML has its own: no bans, no
-/// rate limit, no metrics endpoint, no admin socket, a JSON access log.
-fn default_sections(body: &str, log: &Path) -> String {
+/// rate limit, no metrics endpoint, a JSON access log at `log`, and an admin
+/// socket at `admin` (none without).
+pub fn default_sections(body: &str, log: &Path, admin: Option<&Path>) -> String {
     let mut out = String::new();
+    let admin = admin.map_or(String::new(), |path| path.display().to_string());
     let defaults = [
         ("[ban]", "enabled = false\nstate_file = \"\"\n".to_owned()),
         ("[rate_limit]", "per_ip = 0\n".to_owned()),
         ("[metrics]", "listen = \"\"\n".to_owned()),
-        ("[admin]", "socket = \"\"\n".to_owned()),
+        ("[admin]", format!("socket = {admin:?}\n")),
         (
             "[log]",
             format!(
@@ -461,7 +463,10 @@ async fn start_router(body: &str, v6: bool) -> Router {
     } else {
         r#"listen = ["127.0.0.1:0"]"#
     };
-    let text = format!("{listen}\n\n{body}\n{}", default_sections(body, &log_path));
+    let text = format!(
+        "{listen}\n\n{body}\n{}",
+        default_sections(body, &log_path, None)
+    );
     std::fs::write(&config_path, &text).unwrap();
     let config = match sniroute::config::parse_str(&text) {
         Ok(config) => config,

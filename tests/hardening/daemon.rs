@@ -4,7 +4,7 @@
 //! about it (resident memory, open descriptors by kind, CPU time).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -36,37 +36,6 @@ impl Drop for Daemon {
     }
 }
 
-/// Sections added unless `body` has its own: no bans, no rate limit, no
-/// metrics endpoint; an admin socket and a JSON access log in the temp dir.
-fn default_sections(body: &str, dir: &Path) -> String {
-    let defaults = [
-        ("[ban]", "enabled = false\nstate_file = \"\"\n".to_owned()),
-        ("[rate_limit]", "per_ip = 0\n".to_owned()),
-        ("[metrics]", "listen = \"\"\n".to_owned()),
-        (
-            "[admin]",
-            format!(
-                "socket = {:?}\n",
-                dir.join("admin.sock").display().to_string()
-            ),
-        ),
-        (
-            "[log]",
-            format!(
-                "access = {:?}\nformat = \"json\"\n",
-                dir.join("access.log").display().to_string()
-            ),
-        ),
-    ];
-    let mut out = String::new();
-    for (header, keys) in defaults {
-        if !body.contains(header) {
-            out.push_str(&format!("\n{header}\n{keys}"));
-        }
-    }
-    out
-}
-
 /// Starts `sniroute run` on 127.0.0.1:0 with `body` (routes and sections; no
 /// top-level keys). With `nofile`, both open-file limits are set to it first
 /// (sniroute raises its soft limit to the hard one, so both must be low).
@@ -75,7 +44,11 @@ pub fn spawn(body: &str, nofile: Option<u32>) -> Daemon {
     let config = dir.path().join("sniroute.toml");
     let text = format!(
         "listen = [\"127.0.0.1:0\"]\n\n{body}\n{}",
-        default_sections(body, dir.path())
+        crate::common::default_sections(
+            body,
+            &dir.path().join("access.log"),
+            Some(&dir.path().join("admin.sock")),
+        )
     );
     std::fs::write(&config, &text).unwrap();
     let mut command = match nofile {
