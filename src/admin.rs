@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::guard::Guard;
 use crate::guard::bans::Ban;
 use crate::outcome::Outcome;
-use crate::server::Control;
+use crate::shared::Control;
 
 /// Longest request line accepted; a real request is under 200 bytes.
 const MAX_REQUEST: u64 = 4096;

@@ -20,7 +20,7 @@ use crate::config::ProxyProtocol;
 use crate::forward::{self, RelayOptions};
 use crate::outcome::Outcome;
 use crate::peek;
-use crate::server::{Shared, Slot, Snapshot};
+use crate::shared::{Shared, Slot, Snapshot};
 
 /// Takes over an admitted connection (non-blocking, not yet registered with
 /// the reactor). `slot` holds its place under `max_connections` until the end.

@@ -6,7 +6,9 @@
 //! - `routes`: name -> route; `guard`: strikes, bans, rate limits;
 //! - `listener`: accept loops; `conn`: one connection, start to end;
 //! - `forward`: backend connect and the two-way relay (splice on Linux);
-//! - `accesslog`, `metrics`, `admin`, `lifecycle`; `server` ties them together;
+//! - `shared`: the state below listeners, connections and the admin socket;
+//! - `accesslog`, `metrics`, `admin`, `lifecycle`; `server` builds, starts,
+//!   reloads and stops;
 //! - `sys`: the only `unsafe` (listener registration, TCP_DEFER_ACCEPT).
 
 // Input must never reach a panicking index: data-path code uses `get()`.
@@ -27,4 +29,5 @@ pub mod outcome;
 pub mod peek;
 pub mod routes;
 pub mod server;
+pub mod shared;
 mod sys;

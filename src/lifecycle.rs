@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use crate::server::Control;
+use crate::shared::Control;
 
 /// Turns signals into control requests until the receiver is gone.
 pub fn spawn_signal_handler(tx: mpsc::Sender<Control>) -> std::io::Result<()> {

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::accesslog::Entry;
 use crate::conn;
 use crate::outcome::Outcome;
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// Listen backlog; the kernel caps it at `net.core.somaxconn` (4096 on
 /// current Linux). A deep queue absorbs bursts of SYNs while workers are busy.

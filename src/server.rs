@@ -1,115 +1,25 @@
-//! Ties the parts together: the shared state (config snapshot, guard, log,
-//! metrics, open-connection count), the accept loops, reload and shutdown.
+//! Builds, starts, reloads and stops sniroute: binds the listeners, builds
+//! the [`Shared`] state, runs the accept loops, the metrics endpoint, the
+//! admin socket and the guard's housekeeping, and drains at shutdown.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Context as _;
-use arc_swap::ArcSwap;
 use tokio::io::unix::AsyncFd;
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::accesslog::AccessLog;
 use crate::admin::AdminServer;
-use crate::config::{self, Config, Route};
+use crate::config::{self, Config};
 use crate::guard::Guard;
 use crate::lifecycle;
 use crate::listener;
-use crate::metrics::{ConnMetrics, RouteMetrics};
-use crate::routes::RouteTable;
-
-/// What a connection needs of the config, swapped whole on reload. Each
-/// connection keeps the snapshot it started with.
-pub struct Snapshot {
-    pub config: Config,
-    pub routes: RouteTable,
-    /// Parallel to `routes.routes()`.
-    pub route_metrics: Vec<RouteMetrics>,
-}
-
-impl Snapshot {
-    pub fn new(config: Config) -> Snapshot {
-        let routes = RouteTable::new(&config.routes, config.fallback.as_ref());
-        let route_metrics = routes
-            .routes()
-            .iter()
-            .map(|r| RouteMetrics::new(r))
-            .collect();
-        Snapshot {
-            config,
-            routes,
-            route_metrics,
-        }
-    }
-
-    /// The route at `index` and its metric handles.
-    pub fn route(&self, index: usize) -> Option<(&Route, &RouteMetrics)> {
-        Some((self.routes.get(index)?, self.route_metrics.get(index)?))
-    }
-}
-
-/// State shared by every listener and connection.
-pub struct Shared {
-    snapshot: ArcSwap<Snapshot>,
-    pub guard: Arc<Guard>,
-    pub log: AccessLog,
-    pub metrics: ConnMetrics,
-    open: AtomicUsize,
-    drained: Notify,
-}
-
-/// A place under `max_connections`; released on drop.
-pub struct Slot(Arc<Shared>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.drained.notify_waiters();
-        }
-    }
-}
-
-impl Shared {
-    /// The current config snapshot.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
-    }
-
-    /// Takes a slot if fewer than `max` connections are open.
-    pub fn take_slot(self: &Arc<Self>, max: usize) -> Option<Slot> {
-        let before = self.open.fetch_add(1, Ordering::AcqRel);
-        let slot = Slot(Arc::clone(self));
-        (before < max).then_some(slot)
-    }
-
-    /// Client connections open now.
-    pub fn open_connections(&self) -> usize {
-        self.open.load(Ordering::Acquire)
-    }
-
-    async fn wait_drained(&self) {
-        loop {
-            let notified = self.drained.notified();
-            if self.open_connections() == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-/// A request to the running server.
-#[derive(Debug)]
-pub enum Control {
-    /// Reload the config file; the reply says whether it was taken, or why not.
-    Reload(Option<oneshot::Sender<Result<String, String>>>),
-    /// Stop accepting, drain for up to `shutdown_grace`, return.
-    Stop,
-}
+pub use crate::shared::Control;
+use crate::shared::{Shared, Snapshot};
 
 /// A bound, ready-to-run sniroute.
 pub struct Server {
@@ -149,14 +59,7 @@ impl Server {
         let guard =
             Guard::new(&config.ban, &config.rate_limit).context("cannot start the guard")?;
         let log = AccessLog::open(&config.log).context("cannot open the access log")?;
-        let shared = Arc::new(Shared {
-            snapshot: ArcSwap::from_pointee(Snapshot::new(config)),
-            guard: Arc::new(guard),
-            log,
-            metrics: ConnMetrics::new(),
-            open: AtomicUsize::new(0),
-            drained: Notify::new(),
-        });
+        let shared = Arc::new(Shared::new(config, Arc::new(guard), log));
         Ok(Server {
             shared,
             config_path,
@@ -381,7 +284,7 @@ fn reload(
         config.listen.len(),
         config.routes.len()
     );
-    shared.snapshot.store(Arc::new(Snapshot::new(config)));
+    shared.swap(Snapshot::new(config));
     Ok(summary)
 }
 

@@ -291,14 +291,18 @@ impl BanTable {
         self.map.iter().filter(|e| e.expires_at > now).count()
     }
 
-    /// Every ban in force at `now`, sorted by network.
-    pub fn snapshot(&self, now: u64) -> Vec<Ban> {
-        let mut bans: Vec<(IpNet, BanEntry)> = self
-            .map
+    /// Every ban in force at `now`, as keys and entries, unsorted.
+    pub fn in_force(&self, now: u64) -> Vec<(IpNet, BanEntry)> {
+        self.map
             .iter()
             .filter(|e| e.expires_at > now)
             .map(|e| (*e.key(), *e.value()))
-            .collect();
+            .collect()
+    }
+
+    /// Every ban in force at `now`, sorted by network.
+    pub fn snapshot(&self, now: u64) -> Vec<Ban> {
+        let mut bans = self.in_force(now);
         bans.sort_by_key(|b| b.0);
         bans.into_iter().map(|(k, e)| e.to_ban(&k)).collect()
     }

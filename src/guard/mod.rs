@@ -15,6 +15,7 @@
 
 pub mod bans;
 pub mod clock;
+pub mod events;
 mod housekeeping;
 pub mod ratelimit;
 pub mod source;
@@ -35,11 +36,13 @@ use crate::config::{BanConfig, RateLimitConfig};
 use crate::outcome::Outcome;
 use bans::{Ban, BanEntry, BanReason, BanTable, Inserted};
 use clock::{Clock, SystemClock};
+use events::{BanEvent, InForce, Origin};
 pub use housekeeping::Housekeeping;
 use ratelimit::SourceLimiter;
 use source::{IgnoreList, canonical_net, source_of};
 use state::StateFile;
 use strikes::StrikeTable;
+use tokio::sync::broadcast;
 
 /// The ban policy in force; swapped whole on reload.
 #[derive(Debug)]
@@ -101,6 +104,8 @@ pub struct Guard {
     cap_warned: AtomicBool,
     /// Housekeeping passes run, to shrink maps now and then.
     ticks: AtomicU64,
+    /// Ban changes for the listeners at the edge (see [`events`]).
+    events: broadcast::Sender<BanEvent>,
 }
 
 /// Housekeeping passes between two attempts to give map capacity left by a
@@ -166,6 +171,7 @@ impl Guard {
             wake: OnceLock::new(),
             cap_warned: AtomicBool::new(false),
             ticks: AtomicU64::new(0),
+            events: broadcast::Sender::new(events::CAPACITY),
         };
         guard.restore();
         Ok(guard)
@@ -263,9 +269,13 @@ impl Guard {
         match self.bans.insert(source, entry, true) {
             Inserted::New => {}
             // A concurrent connection from the same source banned it first.
-            Inserted::Renewed => return self.changed(),
+            Inserted::Renewed => {
+                self.added(source, &entry);
+                return self.changed();
+            }
             Inserted::Full => return self.table_full(),
         }
+        self.added(source, &entry);
         self.total_banned.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("sniroute_bans_total", "source" => "strike").increment(1);
         tracing::info!(%source, reason = outcome.as_str(), strikes, until = entry.expires_at, "banned");
@@ -320,6 +330,7 @@ impl Guard {
             metrics::counter!("sniroute_bans_total", "source" => "manual").increment(1);
         }
         tracing::info!(source = %net, until = entry.expires_at, "banned by hand");
+        self.added(net, &entry);
         self.changed();
         Ok(entry.to_ban(&net))
     }
@@ -345,6 +356,12 @@ impl Guard {
         for ban in &removed {
             metrics::counter!("sniroute_unbans_total", "reason" => "manual").increment(1);
             tracing::info!(source = %ban.net, "unbanned by hand");
+            if let Some((net, entry)) = ban.parse() {
+                self.emit(BanEvent::Lifted {
+                    net,
+                    origin: origin_of(entry.reason),
+                });
+            }
         }
         self.changed();
         Ok(removed)
@@ -353,6 +370,26 @@ impl Guard {
     /// Bans in force now, sorted by network.
     pub fn bans(&self) -> Vec<Ban> {
         self.bans.snapshot(self.clock.unix_secs())
+    }
+
+    /// Ban changes from now on; take [`Guard::bans_in_force`] after
+    /// subscribing to know where they start from (see [`events`]).
+    pub fn subscribe(&self) -> broadcast::Receiver<BanEvent> {
+        self.events.subscribe()
+    }
+
+    /// Every ban in force now, whatever its origin, unsorted.
+    pub fn bans_in_force(&self) -> Vec<InForce> {
+        self.bans
+            .in_force(self.clock.unix_secs())
+            .into_iter()
+            .map(|(net, entry)| InForce {
+                net,
+                expires_at: entry.expires_at,
+                origin: origin_of(entry.reason),
+                kernel: true,
+            })
+            .collect()
     }
 
     /// Bans in force now (fail2ban's "Currently banned").
@@ -394,6 +431,12 @@ impl Guard {
         for ban in &expired {
             metrics::counter!("sniroute_unbans_total", "reason" => "expired").increment(1);
             tracing::info!(source = %ban.net, reason = %ban.reason, "ban expired");
+            if let Some((net, entry)) = ban.parse() {
+                self.emit(BanEvent::Expired {
+                    net,
+                    origin: origin_of(entry.reason),
+                });
+            }
         }
         if !expired.is_empty() {
             self.changed();
@@ -482,8 +525,31 @@ impl Guard {
         self.banned_gauge();
     }
 
+    /// Tells the listeners that `entry` on `net` is in force.
+    fn added(&self, net: IpNet, entry: &BanEntry) {
+        self.emit(BanEvent::Added {
+            net,
+            expires_at: entry.expires_at,
+            origin: origin_of(entry.reason),
+            kernel: true,
+        });
+    }
+
+    fn emit(&self, event: BanEvent) {
+        // Err only when nobody listens: nothing to tell.
+        let _ = self.events.send(event);
+    }
+
     fn banned_gauge(&self) {
         metrics::gauge!("sniroute_banned").set(self.bans.len() as f64);
+    }
+}
+
+/// The origin of a local ban.
+fn origin_of(reason: BanReason) -> Origin {
+    match reason {
+        BanReason::Strike(_) => Origin::Strike,
+        BanReason::Manual => Origin::Manual,
     }
 }
 

@@ -363,3 +363,64 @@ fn sub_second_windows_and_bans_are_not_rounded_away() {
     g.strike(b, Outcome::UnknownSni);
     assert_eq!(g.admit(b), Ok(()));
 }
+
+#[test]
+fn every_ban_change_is_told_to_subscribers_and_bans_in_force_lists_them() {
+    let (g, clock) = guard(&ban_config(1), &NO_LIMIT);
+    let mut events = g.subscribe();
+    let net = |s: &str| s.parse::<IpNet>().unwrap();
+
+    g.strike(ip("203.0.113.7"), Outcome::UnknownSni);
+    g.strike(ip("2001:db8:ff:1::9"), Outcome::NoSni);
+    g.ban_manual("198.51.100.0/24", Some(Duration::from_secs(60)))
+        .unwrap();
+    let expires = START + 86_400;
+    let added = |n: &str, expires_at, origin| BanEvent::Added {
+        net: net(n),
+        expires_at,
+        origin,
+        kernel: true,
+    };
+    assert_eq!(
+        events.try_recv().unwrap(),
+        added("203.0.113.7/32", expires, Origin::Strike)
+    );
+    assert_eq!(
+        events.try_recv().unwrap(),
+        added("2001:db8:ff:1::/64", expires, Origin::Strike)
+    );
+    assert_eq!(
+        events.try_recv().unwrap(),
+        added("198.51.100.0/24", START + 60, Origin::Manual)
+    );
+    let mut listed: Vec<_> = g.bans_in_force().iter().map(|b| b.net).collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            net("198.51.100.0/24"),
+            net("203.0.113.7/32"),
+            net("2001:db8:ff:1::/64")
+        ]
+    );
+
+    g.unban_manual("203.0.113.7").unwrap();
+    assert_eq!(
+        events.try_recv().unwrap(),
+        BanEvent::Lifted {
+            net: net("203.0.113.7/32"),
+            origin: Origin::Strike
+        }
+    );
+    clock.advance(Duration::from_secs(61));
+    g.housekeeping();
+    assert_eq!(
+        events.try_recv().unwrap(),
+        BanEvent::Expired {
+            net: net("198.51.100.0/24"),
+            origin: Origin::Manual
+        }
+    );
+    assert!(events.try_recv().is_err());
+    assert_eq!(g.bans_in_force().len(), 1);
+}

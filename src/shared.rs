@@ -1,0 +1,126 @@
+//! The state every listener, connection and the admin socket share: the
+//! config snapshot (swapped whole on reload), the guard, the access log,
+//! the connection metrics and the count of open connections; and the
+//! [`Control`] requests that reach the running server.
+//!
+//! It sits below `listener`, `conn`, `admin` and `server`, and imports none
+//! of them: `server` builds it, the others use it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use arc_swap::ArcSwap;
+use tokio::sync::{Notify, oneshot};
+
+use crate::accesslog::AccessLog;
+use crate::config::{Config, Route};
+use crate::guard::Guard;
+use crate::metrics::{ConnMetrics, RouteMetrics};
+use crate::routes::RouteTable;
+
+/// What a connection needs of the config, swapped whole on reload. Each
+/// connection keeps the snapshot it started with.
+pub struct Snapshot {
+    pub config: Config,
+    pub routes: RouteTable,
+    /// Parallel to `routes.routes()`.
+    pub route_metrics: Vec<RouteMetrics>,
+}
+
+impl Snapshot {
+    pub fn new(config: Config) -> Snapshot {
+        let routes = RouteTable::new(&config.routes, config.fallback.as_ref());
+        let route_metrics = routes
+            .routes()
+            .iter()
+            .map(|r| RouteMetrics::new(r))
+            .collect();
+        Snapshot {
+            config,
+            routes,
+            route_metrics,
+        }
+    }
+
+    /// The route at `index` and its metric handles.
+    pub fn route(&self, index: usize) -> Option<(&Route, &RouteMetrics)> {
+        Some((self.routes.get(index)?, self.route_metrics.get(index)?))
+    }
+}
+
+/// State shared by every listener and connection.
+pub struct Shared {
+    snapshot: ArcSwap<Snapshot>,
+    pub guard: Arc<Guard>,
+    pub log: AccessLog,
+    pub metrics: ConnMetrics,
+    open: AtomicUsize,
+    drained: Notify,
+}
+
+/// A place under `max_connections`; released on drop.
+pub struct Slot(Arc<Shared>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
+}
+
+impl Shared {
+    /// Shared state serving `config` with `guard` and `log`.
+    pub fn new(config: Config, guard: Arc<Guard>, log: AccessLog) -> Shared {
+        Shared {
+            snapshot: ArcSwap::from_pointee(Snapshot::new(config)),
+            guard,
+            log,
+            metrics: ConnMetrics::new(),
+            open: AtomicUsize::new(0),
+            drained: Notify::new(),
+        }
+    }
+
+    /// Puts `snapshot` in force for connections accepted from now on.
+    pub fn swap(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// The current config snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Takes a slot if fewer than `max` connections are open.
+    pub fn take_slot(self: &Arc<Self>, max: usize) -> Option<Slot> {
+        let before = self.open.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot(Arc::clone(self));
+        (before < max).then_some(slot)
+    }
+
+    /// Client connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Resolves once no client connection is open.
+    pub async fn wait_drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            if self.open_connections() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A request to the running server.
+#[derive(Debug)]
+pub enum Control {
+    /// Reload the config file; the reply says whether it was taken, or why not.
+    Reload(Option<oneshot::Sender<Result<String, String>>>),
+    /// Stop accepting, drain for up to `shutdown_grace`, return.
+    Stop,
+}
