@@ -7,13 +7,13 @@
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 
-use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
 use crate::config::Route;
@@ -56,7 +56,7 @@ fn register_static() {
     for reason in Outcome::STRIKABLE {
         counter!("sniroute_strikes_total", "reason" => reason.as_str()).increment(0);
     }
-    for source in ["strike", "manual"] {
+    for source in ["strike", "manual", "crowdsec"] {
         counter!("sniroute_bans_total", "source" => source).increment(0);
     }
     for reason in ["expired", "manual"] {
@@ -66,6 +66,11 @@ fn register_static() {
         counter!("sniroute_config_reloads_total", "result" => result).increment(0);
     }
     gauge!("sniroute_banned").increment(0.0);
+    gauge!("sniroute_crowdsec_decisions").increment(0.0);
+    for result in ["ok", "error"] {
+        counter!("sniroute_crowdsec_pulls_total", "result" => result).increment(0);
+        counter!("sniroute_crowdsec_pushes_total", "result" => result).increment(0);
+    }
     gauge!("sniroute_strike_sources").increment(0.0);
     gauge!("sniroute_rate_limit_keys").increment(0.0);
     gauge!("sniroute_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
@@ -98,6 +103,18 @@ fn describe() {
     );
     describe_counter!("sniroute_bans_total", "New bans by source.");
     describe_gauge!("sniroute_banned", "Addresses and prefixes banned now.");
+    describe_gauge!(
+        "sniroute_crowdsec_decisions",
+        "Remote bans (CrowdSec decisions) held now."
+    );
+    describe_counter!(
+        "sniroute_crowdsec_pulls_total",
+        "Decision pulls from the CrowdSec LAPI, by result."
+    );
+    describe_counter!(
+        "sniroute_crowdsec_pushes_total",
+        "Alerts and deletions sent to the CrowdSec LAPI, by result."
+    );
     describe_counter!("sniroute_unbans_total", "Bans lifted, by reason.");
     describe_histogram!(
         "sniroute_client_hello_seconds",
@@ -235,7 +252,10 @@ fn respond<B>(handle: &PrometheusHandle, request: &Request<B>) -> Response<Full<
             StatusCode::METHOD_NOT_ALLOWED,
             "only GET /metrics\n".to_owned(),
         ),
-        _ => (StatusCode::NOT_FOUND, "not found; try /metrics\n".to_owned()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "not found; try /metrics\n".to_owned(),
+        ),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
