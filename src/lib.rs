@@ -19,6 +19,7 @@ pub mod admin;
 pub mod clienthello;
 pub mod config;
 pub mod conn;
+pub mod crowdsec;
 pub mod forward;
 pub mod guard;
 pub mod hostname;

@@ -69,6 +69,7 @@ pub(super) fn build(src: &Source<'_>, raw: RawConfig, diags: &mut Vec<Diagnostic
             socket: path_or_none(raw.admin.socket.as_deref(), "/run/sniroute/admin.sock"),
         },
         log: c.log(&raw.log),
+        crowdsec: c.crowdsec(&raw.crowdsec),
     }
 }
 

@@ -43,6 +43,7 @@ fn section_fields(section: &str) -> &'static [&'static str] {
         "metrics" => fields_of::<RawMetrics>(),
         "admin" => fields_of::<RawAdmin>(),
         "log" => fields_of::<RawLog>(),
+        "crowdsec" => fields_of::<super::crowdsec::RawCrowdsec>(),
         _ => &[],
     }
 }

@@ -11,9 +11,11 @@ use ipnet::IpNet;
 
 use crate::hostname::HostName;
 use crate::outcome::Outcome;
+pub use crowdsec::{CrowdsecConfig, PushConfig, Secret};
 
 mod build;
 mod check;
+mod crowdsec;
 mod keys;
 mod raw;
 mod summary;
@@ -57,6 +59,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[log]`.
     pub log: LogConfig,
+    /// `[crowdsec]`; `None` when `lapi_url` is unset or "" (off).
+    pub crowdsec: Option<CrowdsecConfig>,
 }
 
 /// `[limits]`: time and size bounds on every connection.

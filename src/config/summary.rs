@@ -74,7 +74,26 @@ impl Config {
             AccessLog::Off => "access log: off".to_string(),
             AccessLog::File(path) => format!("access log: {} ({format})", path.display()),
         });
+        lines.push(self.crowdsec_line());
         lines.join("\n")
+    }
+
+    fn crowdsec_line(&self) -> String {
+        let Some(c) = &self.crowdsec else {
+            return "crowdsec: off".to_string();
+        };
+        let push = match &c.push {
+            Some(p) => format!(
+                "push bans as machine {} (scenario {})",
+                p.machine_id, p.scenario
+            ),
+            None => "no push".to_string(),
+        };
+        format!(
+            "crowdsec: pull decisions from {} every {}; {push}",
+            c.lapi_url,
+            human(c.update_frequency)
+        )
     }
 
     fn ban_line(&self) -> String {

@@ -219,6 +219,11 @@ impl Guard {
             .collect()
     }
 
+    /// The guard's wall clock in unix milliseconds (fake in tests).
+    pub fn unix_millis(&self) -> u64 {
+        self.clock.unix_millis()
+    }
+
     /// Remote decisions in the table (expired ones not yet swept included).
     pub fn remote_decisions(&self) -> usize {
         self.remote.load().len()
