@@ -110,6 +110,7 @@ impl Daemon {
     /// Starts `sniroute run` the way systemd does with its output to the
     /// journal: `JOURNAL_STREAM` is the `DEVICE:INODE` of the stderr file.
     /// Waits until it serves.
+    #[allow(dead_code)] // tests/operator.rs, not tests/ops.rs
     pub fn start_journal(conf: &Conf) -> Daemon {
         let mut daemon = Daemon::spawn_with(conf, &[], &[], true);
         daemon.wait_serving();
@@ -166,6 +167,7 @@ impl Daemon {
     }
 
     /// The daemon's process id.
+    #[allow(dead_code)] // tests/operator.rs, not tests/ops.rs
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -231,6 +233,7 @@ impl Daemon {
 
     /// SIGTERM, waits (bounded) for the exit, and returns the exit status
     /// with everything the daemon wrote to stderr.
+    #[allow(dead_code)] // tests/operator.rs, not tests/ops.rs
     pub fn stop_with_stderr(mut self) -> (ExitStatus, String) {
         self.signal(Signal::TERM);
         let child = &mut self.child;
