@@ -499,3 +499,34 @@ fn max_connections_and_the_last_reload_follow_reloads() {
     );
     assert_eq!(daemon.metric("sniroute_max_connections"), Some(20_000.0));
 }
+
+#[test]
+fn the_dashboard_has_an_alerts_row() {
+    let path = repo("dashboards/sniroute.json");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let panels = dash["panels"].as_array().unwrap();
+    let row = panels
+        .iter()
+        .position(|p| p["type"] == "row" && p["title"] == "Alerts")
+        .expect("a row titled Alerts");
+    let below: Vec<&serde_json::Value> = panels[row + 1..]
+        .iter()
+        .take_while(|p| p["type"] != "row")
+        .collect();
+    let exprs: Vec<&str> = below
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap())
+        .map(|t| t["expr"].as_str().unwrap())
+        .collect();
+    assert!(
+        exprs
+            .iter()
+            .any(|e| e.contains("ALERTS{alertname=~\"Sniroute.+\", alertstate=\"firing\"")),
+        "{exprs:?}"
+    );
+    assert!(
+        exprs.iter().any(|e| e.contains("sniroute_max_connections")),
+        "{exprs:?}"
+    );
+}
