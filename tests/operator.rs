@@ -185,17 +185,25 @@ fn make_noise(daemon: &Daemon) {
 #[test]
 fn journal_stream_lines_carry_priorities_and_no_timestamp() {
     // Nobody listens on the route's backend: every connection is refused.
-    let conf = Conf::new().route(ROUTED, free_addr());
+    let mut conf = Conf::new().route(ROUTED, free_addr());
+    // `log.access = "stdout"`: the access log shares the journal stream.
+    conf.access_log = Some(PathBuf::from("stdout"));
     let daemon = Daemon::start_journal(&conf);
     make_noise(&daemon);
     let (status, text) = daemon.stop_with_stderr();
     assert!(status.success(), "clean exit: {status}\n{text}");
 
-    assert!(text.lines().count() >= 6, "{text}");
+    assert!(text.lines().count() >= 7, "{text}");
     for line in text.lines() {
         assert!(priority(line).is_some(), "no <N> prefix: {line:?}\n{text}");
-        assert!(!has_timestamp(line), "a timestamp: {line:?}\n{text}");
+        // Access log lines keep their format (fail2ban reads it), at info.
+        if line.contains(" outcome=") {
+            assert_eq!(priority(line), Some(6), "{line}");
+        } else {
+            assert!(!has_timestamp(line), "a timestamp: {line:?}\n{text}");
+        }
     }
+    assert!(text.contains(" outcome=backend_error "), "{text}");
     let find = |what: &str| {
         text.lines()
             .filter(|l| l.contains(what))
