@@ -370,7 +370,7 @@ fn unknown_keys_everywhere_are_all_reported_with_suggestions() {
             (
                 2,
                 1,
-                "unknown key \"listen_on\" at top level; expected one of: listen, workers, splice, defer_accept, limits, tls, route, unknown, ban, rate_limit, metrics, admin, log"
+                "unknown key \"listen_on\" at top level; expected one of: listen, workers, splice, defer_accept, limits, tls, route, unknown, ban, rate_limit, metrics, admin, log, crowdsec"
             ),
             (
                 6,

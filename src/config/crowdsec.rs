@@ -100,16 +100,9 @@ pub(super) struct RawCrowdsec {
 }
 
 impl Checker<'_, '_> {
-    /// `None` when `lapi_url` is unset or "" (every other key is then ignored).
+    /// `None` when `lapi_url` is unset or "". Every value is checked either
+    /// way; the key and password files are read only when it is on.
     pub(super) fn crowdsec(&mut self, raw: &RawCrowdsec) -> Option<CrowdsecConfig> {
-        let url_text = raw.lapi_url.as_ref().filter(|t| !t.get_ref().is_empty())?;
-        let lapi_url = self.lapi_url(url_text);
-        let api_key = self.secret_file(
-            "crowdsec.api_key_file",
-            raw.api_key_file.as_ref(),
-            "/etc/sniroute/crowdsec.key",
-            "cscli bouncers add NAME",
-        );
         let update_frequency = self.duration(
             "crowdsec.update_frequency",
             raw.update_frequency.as_ref(),
@@ -124,8 +117,22 @@ impl Checker<'_, '_> {
                 "crowdsec.update_frequency: at least 1s (the official bouncers use 10s)",
             );
         }
+        let scenario = self.scenario(raw.scenario.as_ref());
+        let machine_id = raw
+            .machine_id
+            .as_ref()
+            .filter(|t| !t.get_ref().trim().is_empty())
+            .and_then(|t| self.bounded("crowdsec.machine_id", t));
+        let url_text = raw.lapi_url.as_ref().filter(|t| !t.get_ref().is_empty())?;
+        let lapi_url = self.lapi_url(url_text);
+        let api_key = self.secret_file(
+            "crowdsec.api_key_file",
+            raw.api_key_file.as_ref(),
+            "/etc/sniroute/crowdsec.key",
+            "cscli bouncers add NAME",
+        );
         let push = match raw.push {
-            Some(true) => self.push(raw),
+            Some(true) => self.push(raw, machine_id, scenario),
             _ => None,
         };
         Some(CrowdsecConfig {
@@ -137,26 +144,8 @@ impl Checker<'_, '_> {
         })
     }
 
-    fn push(&mut self, raw: &RawCrowdsec) -> Option<PushConfig> {
-        let machine_id = match &raw.machine_id {
-            Some(t) if !t.get_ref().trim().is_empty() => self.bounded("crowdsec.machine_id", t),
-            other => {
-                let span = other.as_ref().map_or(0..0, |t| t.span());
-                self.err(
-                    span,
-                    "crowdsec.machine_id: required with push = true \
-                     (the name given to `cscli machines add NAME --password ...`)",
-                );
-                None
-            }
-        };
-        let password = self.secret_file(
-            "crowdsec.password_file",
-            raw.password_file.as_ref(),
-            "/etc/sniroute/crowdsec.pass",
-            "cscli machines add NAME --password ...",
-        );
-        let scenario = match &raw.scenario {
+    fn scenario(&mut self, raw: Option<&Text>) -> Option<String> {
+        match raw {
             None => Some("sniroute/unknown-sni".to_owned()),
             Some(t) if t.get_ref().trim().is_empty() => {
                 self.err(
@@ -166,7 +155,33 @@ impl Checker<'_, '_> {
                 None
             }
             Some(t) => self.bounded("crowdsec.scenario", t),
-        };
+        }
+    }
+
+    fn push(
+        &mut self,
+        raw: &RawCrowdsec,
+        machine_id: Option<String>,
+        scenario: Option<String>,
+    ) -> Option<PushConfig> {
+        if raw
+            .machine_id
+            .as_ref()
+            .is_none_or(|t| t.get_ref().trim().is_empty())
+        {
+            let span = raw.machine_id.as_ref().map_or(0..0, |t| t.span());
+            self.err(
+                span,
+                "crowdsec.machine_id: required with push = true \
+                 (the name given to `cscli machines add NAME --password ...`)",
+            );
+        }
+        let password = self.secret_file(
+            "crowdsec.password_file",
+            raw.password_file.as_ref(),
+            "/etc/sniroute/crowdsec.pass",
+            "cscli machines add NAME --password ...",
+        );
         Some(PushConfig {
             machine_id: machine_id?,
             password_file: password.0,
@@ -267,5 +282,104 @@ fn is_loopback(url: &Url) -> bool {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse_str;
+
+    const BASE: &str = "listen = [\"127.0.0.1:8443\"]\n[[route]]\nsni = [\"a.example\"]\nbackend = \"127.0.0.1:9\"\n";
+
+    fn with(section: &str) -> Result<crate::config::Config, Vec<String>> {
+        parse_str(&format!("{BASE}[crowdsec]\n{section}")).map_err(|d| {
+            d.into_iter()
+                .map(|d| format!("{}:{}: {}", d.line, d.col, d.message))
+                .collect()
+        })
+    }
+
+    #[test]
+    fn off_unless_a_url_is_given_but_checked_anyway() {
+        assert!(parse_str(BASE).unwrap().crowdsec.is_none());
+        assert!(with("lapi_url = \"\"\n").unwrap().crowdsec.is_none());
+        let e = with("lapi_url = \"\"\nupdate_frequency = \"soon\"\n").unwrap_err();
+        assert!(
+            e[0].contains("crowdsec.update_frequency: invalid duration"),
+            "{e:?}"
+        );
+        let e = with("lapi_url = \"\"\nupdate_every = \"10s\"\n").unwrap_err();
+        assert!(
+            e[0].contains("unknown key \"update_every\" in [crowdsec]"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn urls_keys_and_passwords() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k");
+        let pass = dir.path().join("p");
+        std::fs::write(&key, "0123abcd\n").unwrap();
+        std::fs::write(&pass, "hunter2\n").unwrap();
+        let (k, p) = (key.display(), pass.display());
+        let c = with(&format!(
+            "lapi_url = \"http://127.0.0.1:8080\"\napi_key_file = \"{k}\"\npush = true\nmachine_id = \"gw1\"\npassword_file = \"{p}\"\n"
+        ))
+        .unwrap()
+        .crowdsec
+        .unwrap();
+        assert_eq!(c.lapi_url.as_str(), "http://127.0.0.1:8080/");
+        assert_eq!(c.api_key.expose(), "0123abcd");
+        assert_eq!(c.update_frequency, std::time::Duration::from_secs(10));
+        let push = c.push.clone().unwrap();
+        assert_eq!(
+            (push.machine_id.as_str(), push.password.expose()),
+            ("gw1", "hunter2")
+        );
+        assert_eq!(push.scenario, "sniroute/unknown-sni");
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("0123abcd") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+
+        let https = with(&format!(
+            "lapi_url = \"https://lapi.example:8080/cs\"\napi_key_file = \"{k}\"\n"
+        ));
+        assert_eq!(
+            https.unwrap().crowdsec.unwrap().lapi_url.as_str(),
+            "https://lapi.example:8080/cs/"
+        );
+        let e = with(&format!(
+            "lapi_url = \"http://10.0.0.2:8080\"\napi_key_file = \"{k}\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e[0].starts_with("6:12: crowdsec.lapi_url") && e[0].contains("https://"),
+            "{e:?}"
+        );
+        let e = with("lapi_url = \"ftp://127.0.0.1\"\napi_key_file = \"/nonexistent/k\"\n")
+            .unwrap_err();
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[1].contains("crowdsec.api_key_file: /nonexistent/k: cannot read"),
+            "{e:?}"
+        );
+        let e = with(&format!(
+            "lapi_url = \"http://[::1]:8080\"\napi_key_file = \"{k}\"\npush = true\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.iter()
+                .any(|m| m.contains("crowdsec.machine_id: required with push")),
+            "{e:?}"
+        );
+        std::fs::write(&key, "\n").unwrap();
+        let e = with(&format!(
+            "lapi_url = \"http://localhost:8080\"\napi_key_file = \"{k}\"\n"
+        ))
+        .unwrap_err();
+        assert!(e[0].contains(": empty"), "{e:?}");
     }
 }

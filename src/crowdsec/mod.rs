@@ -30,6 +30,9 @@ pub struct Status {
     lapi_url: String,
     push: bool,
     inner: Mutex<Report>,
+    /// Told when a pull succeeds after failures: the LAPI is back, so a
+    /// pusher waiting out its backoff may try at once.
+    pub(crate) back: tokio::sync::Notify,
 }
 
 /// `sniroute status`'s CrowdSec part (also in `--json`).
@@ -59,6 +62,7 @@ impl Status {
             lapi_url: config.lapi_url.to_string(),
             push: config.push.is_some(),
             inner: Mutex::new(Report::default()),
+            back: tokio::sync::Notify::new(),
         }
     }
 

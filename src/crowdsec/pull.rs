@@ -33,6 +33,9 @@ pub async fn run(lapi: Lapi, key: Secret, every: Duration, guard: Arc<Guard>, st
             Ok(applied) => {
                 metrics::counter!("sniroute_crowdsec_pulls_total", "result" => "ok").increment(1);
                 status.pulled(Ok(applied.total));
+                if failing {
+                    status.back.notify_waiters();
+                }
                 if failing || startup {
                     tracing::info!(
                         decisions = applied.total,

@@ -115,6 +115,10 @@ impl Pusher {
                     Err(RecvError::Closed) => return,
                 },
                 () = sleep_until(wake), if wake.is_some() => self.flush().await,
+                () = self.status.back.notified(), if wake.is_some() => {
+                    self.backoff = MIN_BACKOFF;
+                    self.flush().await;
+                }
             }
         }
     }
