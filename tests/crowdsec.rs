@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod crowdsec_common;
+#[allow(dead_code)] // the helpers other test files use too
 mod ops_common;
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener};
