@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::accesslog::AccessLog;
 use crate::admin::AdminServer;
+use crate::balance::Checks;
 use crate::config::{self, Config};
 use crate::guard::Guard;
 use crate::lifecycle;
@@ -125,6 +126,9 @@ impl Server {
             }
             None => None,
         };
+        // Health checks of the routes in force; replaced on reload (the old
+        // ones stop when dropped), stopped at the end.
+        let mut checks = Checks::start(&shared.snapshot().pools);
         lifecycle::notify_ready();
 
         loop {
@@ -143,6 +147,9 @@ impl Server {
                 !self.activated,
             );
             crate::metrics::reload_result(result.is_ok());
+            if result.is_ok() {
+                checks = Checks::start(&shared.snapshot().pools);
+            }
             match &result {
                 Ok(summary) => tracing::info!("{summary}"),
                 Err(e) => tracing::error!("config reload refused, keeping the old one:\n{e}"),
@@ -153,6 +160,7 @@ impl Server {
             lifecycle::notify_ready();
         }
 
+        drop(checks);
         lifecycle::notify_stopping();
         tracing::info!("stopping: no new connections");
         accepting.stop_all();
@@ -284,7 +292,7 @@ fn reload(
         config.listen.len(),
         config.routes.len()
     );
-    shared.swap(Snapshot::new(config));
+    shared.swap(Snapshot::after(config, Some(&shared.snapshot())));
     Ok(summary)
 }
 
