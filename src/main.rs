@@ -196,13 +196,15 @@ fn run(path: PathBuf) -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
+        // Signals first: a SIGUSR1 from logrotate during start-up waits in
+        // the channel instead of ending the process.
+        let (tx, rx) = mpsc::channel(8);
+        sniroute::lifecycle::spawn_signal_handler(tx)?;
         let server = match systemd_listeners()? {
             Some(listeners) => Server::activated(config, Some(path), listeners)?,
             None => Server::bind(config, Some(path))?,
         };
         let addrs = server.local_addrs();
-        let (tx, rx) = mpsc::channel(8);
-        sniroute::lifecycle::spawn_signal_handler(tx)?;
         sniroute::lifecycle::spawn_watchdog();
         tracing::info!(
             "sniroute {} listening on {addrs:?}",
