@@ -27,6 +27,7 @@ pub mod listener;
 pub mod metrics;
 pub mod outcome;
 pub mod peek;
+pub mod proxyheader;
 pub mod routes;
 pub mod server;
 pub mod shared;
