@@ -149,6 +149,14 @@ pub(super) struct RawLog {
     pub format: Option<Text>,
 }
 
+/// `[proxy_protocol]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProxyProtocol {
+    /// Default empty: no trusted balancers.
+    pub accept_from: Option<TextList>,
+}
+
 /// The whole file. A section that failed to deserialize is left at its default
 /// and flagged, so `build` does not add follow-up errors about it.
 #[derive(Debug, Default)]
@@ -169,10 +177,11 @@ pub(super) struct RawConfig {
     pub metrics: RawMetrics,
     pub admin: RawAdmin,
     pub log: RawLog,
+    pub proxy_protocol: RawProxyProtocol,
 }
 
 /// The top-level keys that hold a table (`route` an array of tables).
-pub(super) const SECTIONS: [&str; 9] = [
+pub(super) const SECTIONS: [&str; 10] = [
     "limits",
     "tls",
     "route",
@@ -182,6 +191,7 @@ pub(super) const SECTIONS: [&str; 9] = [
     "metrics",
     "admin",
     "log",
+    "proxy_protocol",
 ];
 
 /// The config text with its line starts, to turn byte spans into `line:col`.
@@ -259,6 +269,9 @@ pub(super) fn parse(src: &Source<'_>, diags: &mut Vec<Diagnostic>) -> Option<Raw
             "metrics" => raw.metrics = section.parse(value, diags).unwrap_or_default(),
             "admin" => raw.admin = section.parse(value, diags).unwrap_or_default(),
             "log" => raw.log = section.parse(value, diags).unwrap_or_default(),
+            "proxy_protocol" => {
+                raw.proxy_protocol = section.parse(value, diags).unwrap_or_default()
+            }
             _ => {
                 top.insert(key, value);
             }
@@ -407,6 +420,7 @@ fn expectation(key: &str) -> Option<&'static str> {
         "backends" => "an array of addresses like [\"10.0.0.6:443\", \"10.0.0.7:443\"]",
         "sni" => "an array of host names like [\"myapp.example.org\", \"*.example.org\"]",
         "ignore" => "an array of addresses or CIDRs like [\"192.0.2.10\", \"2001:db8::/48\"]",
+        "accept_from" => "an array of balancer addresses or CIDRs like [\"10.0.0.0/8\"]",
         "strike_on" => "an array of outcomes like [\"unknown_sni\", \"no_sni\", \"not_tls\"]",
         "min_version" => "a quoted version: \"1.0\", \"1.1\", \"1.2\" or \"1.3\"",
         "enabled" | "splice" | "defer_accept" => "true or false",
