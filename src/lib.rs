@@ -3,7 +3,9 @@
 //! Module map (one owner per concern):
 //! - `config`: file -> typed [`config::Config`], every error with its place;
 //! - `clienthello`: PURE bytes -> verdict; `peek`: read the hello off a socket;
-//! - `routes`: name -> route; `guard`: strikes, bans, rate limits;
+//! - `routes`: name (+ ALPN) -> route; `cidr`: a route's `allow` set;
+//!   `balance`: a route's backend pool (policy, health, checks);
+//! - `guard`: strikes, bans, rate limits;
 //! - `listener`: accept loops; `conn`: one connection, start to end;
 //! - `forward`: backend connect and the two-way relay (splice on Linux);
 //! - `shared`: the state below listeners, connections and the admin socket;
@@ -16,6 +18,7 @@
 
 pub mod accesslog;
 pub mod admin;
+pub mod cidr;
 pub mod clienthello;
 pub mod config;
 pub mod conn;
