@@ -443,7 +443,11 @@ fn bans_table(bans: &[Ban]) -> String {
             b.strikes,
             time(b.banned_at),
             time(b.expires_at),
-            if b.kernel { "" } else { "  (behind a balancer)" },
+            if b.kernel {
+                ""
+            } else {
+                "  (behind a balancer)"
+            },
         );
     }
     out

@@ -632,7 +632,9 @@ impl Checker<'_, '_> {
                 accept_from.push(net);
             }
         }
-        ProxyProtocolConfig { accept_from }
+        ProxyProtocolConfig {
+            accept_from: CidrSet::new(&accept_from),
+        }
     }
 
     fn log(&mut self, raw: &raw::RawLog) -> LogConfig {

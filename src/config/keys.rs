@@ -5,8 +5,8 @@
 use serde::Deserialize;
 
 use super::raw::{
-    RawAdmin, RawBan, RawLimits, RawLog, RawMetrics, RawProxyProtocol, RawRateLimit, RawRoute, RawTls, RawTop,
-    RawUnknown, SECTIONS,
+    RawAdmin, RawBan, RawLimits, RawLog, RawMetrics, RawProxyProtocol, RawRateLimit, RawRoute,
+    RawTls, RawTop, RawUnknown, SECTIONS,
 };
 
 /// `unknown key "maxretry" in [ban] (did you mean "max_retry"?)`.

@@ -273,7 +273,7 @@ pub struct ProxyProtocolConfig {
     /// admission, strikes, bans, the rate limit, the access log and the PROXY
     /// header sent on to backends. Such an address is itself never struck,
     /// banned nor rate-limited. Everyone else's PROXY header is `not_tls`.
-    pub accept_from: Vec<IpNet>,
+    pub accept_from: CidrSet,
 }
 
 /// One problem in a config file, at a 1-based line and column.

@@ -80,7 +80,7 @@ impl Config {
 
     /// `trusted balancers: 10.0.0.0/8 (PROXY v1/v2 header required; ...)`.
     fn proxy_line(&self) -> String {
-        let from = &self.proxy_protocol.accept_from;
+        let from = self.proxy_protocol.accept_from.nets();
         if from.is_empty() {
             return "trusted balancers: none (a PROXY header from anyone is not_tls)".to_string();
         }
