@@ -180,6 +180,7 @@ async fn serve(
         .await
         .map_err(|e| {
             tracing::warn!(route = %route.name, "no backend reachable: {}", e.last);
+            meters.backend_errors.increment(1);
             Outcome::BackendError
         })?;
     meters
@@ -207,6 +208,7 @@ async fn serve(
     };
     if let Err(e) = backend.write_all(&preamble).await {
         tracing::warn!(route = %route.name, %backend_addr, "backend closed before the hello: {e}");
+        meters.backend_errors.increment(1);
         return Err(Outcome::BackendError);
     }
     drop(preamble);
