@@ -606,6 +606,7 @@ mod tests {
             strikes: 0,
             banned_at: 1_633_881_336,
             expires_at: 1_665_417_336,
+            kernel: true,
         };
         let response = Response::Bans { bans: vec![ban] };
         let json: serde_json::Value = serde_json::to_value(&response).unwrap();
