@@ -22,6 +22,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::firewall;
 use crate::guard::Guard;
 use crate::guard::bans::Ban;
 use crate::outcome::Outcome;
@@ -94,6 +95,9 @@ pub struct StatusReport {
     pub sources_with_strikes: u64,
     /// Sources the rate limiter is tracking.
     pub rate_limit_keys: u64,
+    /// Kernel bans: `nftables inet sniroute, N elements` or `none`.
+    #[serde(default = "no_firewall")]
+    pub firewall: String,
 }
 
 /// The bound admin socket. Dropping it removes the socket file (if it is
@@ -102,6 +106,8 @@ pub struct AdminServer {
     listener: UnixListener,
     path: PathBuf,
     inode: (u64, u64),
+    /// The kernel bans' state, for `status`; `None` reads as `none`.
+    firewall: Option<Arc<firewall::Status>>,
 }
 
 impl AdminServer {
@@ -125,7 +131,14 @@ impl AdminServer {
             listener: UnixListener::from_std(listener)?,
             path: path.to_path_buf(),
             inode: (meta.dev(), meta.ino()),
+            firewall: None,
         })
+    }
+
+    /// Reports `firewall` in `status` (the line `Firewall: ...`).
+    pub fn with_firewall(mut self, firewall: Arc<firewall::Status>) -> AdminServer {
+        self.firewall = Some(firewall);
+        self
     }
 
     /// The socket's path.
@@ -143,8 +156,10 @@ impl AdminServer {
             match self.listener.accept().await {
                 Ok((stream, _)) => {
                     let (guard, control) = (guard.clone(), control.clone());
+                    let firewall = self.firewall.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = answer(stream, &guard, control.as_ref()).await {
+                        let firewall = firewall.as_deref();
+                        if let Err(e) = answer(stream, &guard, control.as_ref(), firewall).await {
                             tracing::debug!(error = %e, "admin connection failed");
                         }
                     });
@@ -221,6 +236,7 @@ async fn answer(
     stream: UnixStream,
     guard: &Guard,
     control: Option<&mpsc::Sender<Control>>,
+    firewall: Option<&firewall::Status>,
 ) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
@@ -229,7 +245,7 @@ async fn answer(
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request in time"))??;
     let response = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => handle(request, guard, control).await,
+        Ok(request) => handle(request, guard, control, firewall).await,
         Err(e) => Response::Refused {
             message: format!("bad request: {e}"),
         },
@@ -245,9 +261,10 @@ async fn handle(
     request: Request,
     guard: &Guard,
     control: Option<&mpsc::Sender<Control>>,
+    firewall: Option<&firewall::Status>,
 ) -> Response {
     match request {
-        Request::Status => Response::Status(status(guard)),
+        Request::Status => Response::Status(status(guard, firewall)),
         Request::BansList => Response::Bans { bans: guard.bans() },
         Request::BansAdd { addr, duration } => {
             let duration = match duration
@@ -284,7 +301,7 @@ fn refused(message: String) -> Response {
     Response::Refused { message }
 }
 
-fn status(guard: &Guard) -> StatusReport {
+fn status(guard: &Guard, firewall: Option<&firewall::Status>) -> StatusReport {
     let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
     StatusReport {
         connections: guard
@@ -296,7 +313,13 @@ fn status(guard: &Guard) -> StatusReport {
         total_banned: guard.total_banned(),
         sources_with_strikes: count(guard.strike_sources()),
         rate_limit_keys: count(guard.rate_limit_keys()),
+        firewall: firewall.map_or_else(no_firewall, firewall::Status::line),
     }
+}
+
+/// What `status` says without kernel bans.
+fn no_firewall() -> String {
+    "none".to_owned()
 }
 
 async fn reload_via(control: Option<&mpsc::Sender<Control>>) -> Response {
@@ -415,6 +438,7 @@ impl StatusReport {
         );
         let _ = writeln!(out, "Currently banned: {}", self.currently_banned);
         let _ = writeln!(out, "Total banned: {}", self.total_banned);
+        let _ = writeln!(out, "Firewall: {}", self.firewall);
         out
     }
 }
@@ -483,8 +507,13 @@ mod tests {
             total_banned: 5,
             sources_with_strikes: 1,
             rate_limit_keys: 3,
+            firewall: "nftables inet sniroute, 2 elements".to_owned(),
         };
         let text = report.human();
+        assert!(
+            text.lines()
+                .any(|l| l == "Firewall: nftables inet sniroute, 2 elements")
+        );
         assert!(text.lines().any(|l| l == "Currently banned: 2"));
         assert!(text.lines().any(|l| l == "Total banned: 5"));
         assert!(text.contains("  routed         7\n"));

@@ -7,6 +7,7 @@
 //! - `listener`: accept loops; `conn`: one connection, start to end;
 //! - `forward`: backend connect and the two-way relay (splice on Linux);
 //! - `shared`: the state below listeners, connections and the admin socket;
+//! - `firewall`: kernel bans (an nftables set fed by the guard's ban events);
 //! - `accesslog`, `metrics`, `admin`, `lifecycle`; `server` builds, starts,
 //!   reloads and stops;
 //! - `sys`: the only `unsafe` (listener registration, TCP_DEFER_ACCEPT).
@@ -19,6 +20,7 @@ pub mod admin;
 pub mod clienthello;
 pub mod config;
 pub mod conn;
+pub mod firewall;
 pub mod forward;
 pub mod guard;
 pub mod hostname;

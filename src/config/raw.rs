@@ -33,7 +33,7 @@ pub(super) struct RawTop {
     pub workers: Option<Int>,
     /// `splice`: default true.
     pub splice: Option<bool>,
-    /// `defer_accept`: default false.
+    /// `defer_accept`: default true.
     pub defer_accept: Option<bool>,
 }
 
@@ -149,6 +149,18 @@ pub(super) struct RawLog {
     pub format: Option<Text>,
 }
 
+/// `[firewall]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFirewall {
+    /// Default "none".
+    pub backend: Option<Text>,
+    /// Default "sniroute".
+    pub table: Option<Text>,
+    /// Default "listen".
+    pub scope: Option<Text>,
+}
+
 /// The whole file. A section that failed to deserialize is left at its default
 /// and flagged, so `build` does not add follow-up errors about it.
 #[derive(Debug, Default)]
@@ -169,10 +181,11 @@ pub(super) struct RawConfig {
     pub metrics: RawMetrics,
     pub admin: RawAdmin,
     pub log: RawLog,
+    pub firewall: RawFirewall,
 }
 
 /// The top-level keys that hold a table (`route` an array of tables).
-pub(super) const SECTIONS: [&str; 9] = [
+pub(super) const SECTIONS: [&str; 10] = [
     "limits",
     "tls",
     "route",
@@ -182,6 +195,7 @@ pub(super) const SECTIONS: [&str; 9] = [
     "metrics",
     "admin",
     "log",
+    "firewall",
 ];
 
 /// The config text with its line starts, to turn byte spans into `line:col`.
@@ -259,6 +273,7 @@ pub(super) fn parse(src: &Source<'_>, diags: &mut Vec<Diagnostic>) -> Option<Raw
             "metrics" => raw.metrics = section.parse(value, diags).unwrap_or_default(),
             "admin" => raw.admin = section.parse(value, diags).unwrap_or_default(),
             "log" => raw.log = section.parse(value, diags).unwrap_or_default(),
+            "firewall" => raw.firewall = section.parse(value, diags).unwrap_or_default(),
             _ => {
                 top.insert(key, value);
             }
@@ -373,10 +388,10 @@ impl<'s, 'a> Section<'s, 'a> {
             (p, Some(k)) => format!("{p}.{k}"),
             (p, None) => p.to_string(),
         };
-        let key_kind = if path == "metrics.listen" {
-            "backend"
-        } else {
-            key.unwrap_or("")
+        let key_kind = match path.as_str() {
+            "metrics.listen" => "backend",
+            "firewall.backend" => "firewall.backend",
+            _ => key.unwrap_or(""),
         };
         let found_expected = message
             .strip_prefix("invalid type: ")
@@ -411,6 +426,9 @@ fn expectation(key: &str) -> Option<&'static str> {
         "min_version" => "a quoted version: \"1.0\", \"1.1\", \"1.2\" or \"1.3\"",
         "enabled" | "splice" | "defer_accept" => "true or false",
         "state_file" | "socket" | "access" => "a quoted path",
+        "firewall.backend" => "\"none\" or \"nftables\"",
+        "table" => "a quoted nftables table name like \"sniroute\"",
+        "scope" => "\"listen\" or \"all\"",
         _ => return None,
     })
 }
