@@ -12,6 +12,8 @@
 mod firewall_common;
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use firewall_common::*;
@@ -296,4 +298,63 @@ fn without_privilege_start_fails_with_what_is_needed() {
         assert!(stderr.contains("CAP_NET_ADMIN"), "{stderr}");
         assert!(!table_exists(TABLE));
     });
+}
+
+/// The most exposure `systemd-analyze security` may rate the unit at with
+/// the kernel-ban drop-in (the bound).
+const MAX_EXPOSURE: f64 = 2.0;
+
+#[test]
+fn the_systemd_drop_in_verifies_and_keeps_exposure_low() {
+    let analyze = Path::new("/usr/bin/systemd-analyze");
+    let nft = Path::new("/usr/sbin/nft");
+    if !analyze.is_file() || !nft.is_file() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI installs systemd and nftables"
+        );
+        eprintln!("SKIPPED: systemd-analyze or nft is not installed");
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let unit = std::fs::read_to_string(root.join("sniroute.service")).unwrap();
+    let drop_in =
+        std::fs::read_to_string(root.join("sniroute.service.d/nftables.conf")).unwrap();
+    assert!(drop_in.contains("AmbientCapabilities=CAP_NET_ADMIN"));
+    assert!(drop_in.contains("CapabilityBoundingSet=CAP_NET_ADMIN"));
+    assert!(drop_in.contains("RestrictAddressFamilies=AF_NETLINK"));
+    assert!(drop_in.contains("ExecStopPost=-/usr/sbin/nft delete table inet sniroute"));
+    // A drop-in's [Service] lines add to the unit's, exactly as a second
+    // [Service] section in the same file does (offline analysis reads one file).
+    let dir = tempfile::tempdir().unwrap();
+    let merged = dir.path().join("sniroute.service");
+    let unit = unit.replace("/usr/local/bin/sniroute", firewall_common::BIN);
+    std::fs::write(&merged, format!("{unit}\n{drop_in}")).unwrap();
+
+    let verify = Command::new(analyze).arg("verify").arg(&merged).output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(verify.status.success() && said.trim().is_empty(), "{said}");
+
+    let security = Command::new(analyze)
+        .args(["security", "--offline=true"])
+        .arg(&merged)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&security.stdout);
+    assert!(
+        report.contains("CapabilityBoundingSet=~CAP_NET_ADMIN"),
+        "the drop-in's capability is seen:\n{report}"
+    );
+    let exposure: f64 = report
+        .lines()
+        .find_map(|l| l.split_once("Overall exposure level for sniroute.service: "))
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure figure in:\n{report}"));
+    eprintln!("systemd-analyze security with the drop-in: exposure {exposure}");
+    assert!(exposure <= MAX_EXPOSURE, "exposure {exposure}:\n{report}");
 }
