@@ -8,7 +8,7 @@ use std::io::{self, BufWriter, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::time::{Duration, SystemTime};
 
@@ -29,11 +29,14 @@ pub struct Entry {
     pub backend: Option<SocketAddr>,
     pub up: u64,
     pub down: u64,
+    /// The first ALPN id the hello offered (as sent: client-chosen bytes).
+    pub alpn: Option<String>,
 }
 
 enum Message {
     Line(String),
-    /// Reopen the file (after log rotation); sent on reload.
+    /// Wakes the writer to look at the reopen flag (after log rotation:
+    /// SIGUSR1 or a reload).
     Reopen,
 }
 
@@ -43,6 +46,9 @@ pub struct AccessLog {
     tx: Option<SyncSender<Message>>,
     format: LogFormat,
     dropped: Arc<AtomicU64>,
+    /// Set by [`AccessLog::reopen`], taken by the writer: a reopen asked for
+    /// while the queue is full is not lost with the wake-up message.
+    reopen: Arc<AtomicBool>,
 }
 
 impl AccessLog {
@@ -53,13 +59,15 @@ impl AccessLog {
             Target::Stdout => Some(Sink::Stdout),
             Target::File(path) => Some(Sink::File(path.clone(), open_append(path)?)),
         };
+        let reopen = Arc::new(AtomicBool::new(false));
         let tx = match sink {
             None => None,
             Some(sink) => {
                 let (tx, rx) = sync_channel(QUEUE);
+                let flag = Arc::clone(&reopen);
                 std::thread::Builder::new()
                     .name("access-log".into())
-                    .spawn(move || write_lines(rx, sink))?;
+                    .spawn(move || write_lines(rx, sink, &flag))?;
                 Some(tx)
             }
         };
@@ -67,6 +75,7 @@ impl AccessLog {
             tx,
             format: config.format,
             dropped: Arc::new(AtomicU64::new(0)),
+            reopen,
         })
     }
 
@@ -86,9 +95,13 @@ impl AccessLog {
         }
     }
 
-    /// Asks the writer to reopen its file (log rotation).
+    /// Asks the writer to reopen its file by name (log rotation): from the
+    /// next line it writes on, lines go to the file now at that path
+    /// (created if missing), none to the renamed one.
     pub fn reopen(&self) {
         if let Some(tx) = &self.tx {
+            self.reopen.store(true, Ordering::Release);
+            // A full queue already wakes the writer, which sees the flag.
             let _ = tx.try_send(Message::Reopen);
         }
     }
@@ -110,7 +123,7 @@ fn open_append(path: &PathBuf) -> io::Result<File> {
 
 /// Writes lines as they come and flushes whenever the queue runs dry, so a
 /// line is visible at once when traffic is light and batched when it is heavy.
-fn write_lines(rx: Receiver<Message>, sink: Sink) {
+fn write_lines(rx: Receiver<Message>, sink: Sink, reopen: &AtomicBool) {
     let (mut out, path): (BufWriter<Box<dyn Write + Send>>, Option<PathBuf>) = match sink {
         Sink::Stdout => (BufWriter::new(Box::new(io::stdout())), None),
         Sink::File(path, file) => (BufWriter::new(Box::new(file)), Some(path)),
@@ -127,21 +140,22 @@ fn write_lines(rx: Receiver<Message>, sink: Sink) {
             }
             Err(TryRecvError::Disconnected) => break,
         };
-        match message {
-            Message::Line(line) => {
-                let _ = out.write_all(line.as_bytes());
-            }
-            Message::Reopen => {
-                let _ = out.flush();
-                if let Some(path) = &path {
-                    match open_append(path) {
-                        Ok(file) => out = BufWriter::new(Box::new(file)),
-                        Err(e) => {
-                            tracing::error!("cannot reopen access log {}: {e}", path.display())
-                        }
+        if reopen.swap(false, Ordering::AcqRel) {
+            let _ = out.flush();
+            if let Some(path) = &path {
+                match open_append(path) {
+                    Ok(file) => {
+                        out = BufWriter::new(Box::new(file));
+                        tracing::info!("access log reopened: {}", path.display());
+                    }
+                    Err(e) => {
+                        tracing::error!("cannot reopen access log {}: {e}", path.display())
                     }
                 }
             }
+        }
+        if let Message::Line(line) = message {
+            let _ = out.write_all(line.as_bytes());
         }
     }
     let _ = out.flush();
@@ -158,10 +172,12 @@ struct JsonLine<'a> {
     up: u64,
     down: u64,
     ms: u128,
+    alpn: Option<&'a str>,
 }
 
 /// One line, newline included. The client address is the second text field
-/// so the fail2ban filter `^\S+ <HOST>:\d+ outcome=...` matches.
+/// so the fail2ban filter `^\S+ <HOST>:\d+ outcome=...` matches; fields
+/// added later (`alpn=`) go at the end so existing parsers keep working.
 pub fn format_line(
     format: LogFormat,
     now: SystemTime,
@@ -182,11 +198,12 @@ pub fn format_line(
                 .map_or_else(|| "-".to_owned(), |b| b.to_string());
             let _ = writeln!(
                 line,
-                "{time} {peer} outcome={outcome} sni={} route={} backend={backend} up={} down={} ms={ms}",
+                "{time} {peer} outcome={outcome} sni={} route={} backend={backend} up={} down={} ms={ms} alpn={}",
                 dash(entry.sni.as_deref()),
                 dash(entry.route.as_deref()),
                 entry.up,
                 entry.down,
+                entry.alpn.as_deref().map_or_else(|| "-".to_owned(), escape),
             );
             line
         }
@@ -201,12 +218,31 @@ pub fn format_line(
                 up: entry.up,
                 down: entry.down,
                 ms,
+                alpn: entry.alpn.as_deref(),
             };
             let mut line = serde_json::to_string(&json).unwrap_or_default();
             line.push('\n');
             line
         }
     }
+}
+
+/// A client-chosen word made safe for a space-separated line: bytes outside
+/// printable ASCII, spaces and backslashes become `\xNN`, and `-` alone
+/// (which reads as "none") becomes `\x2d`.
+fn escape(word: &str) -> String {
+    if word == "-" {
+        return "\\x2d".to_owned();
+    }
+    let mut out = String::with_capacity(word.len());
+    for &b in word.as_bytes() {
+        if b.is_ascii_graphic() && b != b'\\' {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -230,8 +266,38 @@ mod tests {
         );
         assert_eq!(
             line,
-            "2021-10-10T15:55:36.123Z 203.0.113.7:51234 outcome=unknown_sni sni=dumb.example.org route=- backend=- up=0 down=0 ms=3\n"
+            "2021-10-10T15:55:36.123Z 203.0.113.7:51234 outcome=unknown_sni sni=dumb.example.org route=- backend=- up=0 down=0 ms=3 alpn=-\n"
         );
+    }
+
+    #[test]
+    fn alpn_is_last_and_escaped() {
+        let entry = Entry {
+            alpn: Some("h2 x=\\\n\u{e9}".into()),
+            ..Entry::default()
+        };
+        let line = |entry: &Entry| {
+            format_line(
+                LogFormat::Text,
+                SystemTime::UNIX_EPOCH,
+                "192.0.2.1:1".parse().unwrap(),
+                Outcome::Denied,
+                entry,
+                Duration::ZERO,
+            )
+        };
+        assert!(
+            line(&entry).ends_with(" ms=0 alpn=h2\\x20x=\\x5c\\x0a\\xc3\\xa9\n"),
+            "{}",
+            line(&entry)
+        );
+        let entry = Entry {
+            alpn: Some("acme-tls/1".into()),
+            ..Entry::default()
+        };
+        assert!(line(&entry).ends_with(
+            "outcome=denied sni=- route=- backend=- up=0 down=0 ms=0 alpn=acme-tls/1\n"
+        ));
     }
 
     #[test]
@@ -242,6 +308,7 @@ mod tests {
             backend: Some("10.0.0.5:443".parse().unwrap()),
             up: 5230,
             down: 88213,
+            alpn: Some("h2".into()),
         };
         let line = format_line(
             LogFormat::Json,
@@ -258,5 +325,6 @@ mod tests {
         assert_eq!(v["up"], 5230);
         assert_eq!(v["ms"], 61234);
         assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["alpn"], "h2");
     }
 }

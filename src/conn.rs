@@ -1,5 +1,6 @@
 //! The story of one client connection, from accept to close, and its single
-//! [`Outcome`]: read the hello, check the policy, pick the route, connect,
+//! [`Outcome`]: read the hello, check the policy, pick the route, check its
+//! `allow` list, connect,
 //! replay the hello, relay. Every early exit is an `Err(Outcome)`; [`finish`]
 //! writes the one log line, the one metric update and the strike.
 //!
@@ -16,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::accesslog::Entry;
 use crate::clienthello::ClientHello;
-use crate::config::ProxyProtocol;
+use crate::config::{ProxyProtocol, Route};
 use crate::forward::{self, RelayOptions};
 use crate::outcome::Outcome;
 use crate::peek;
@@ -92,12 +93,14 @@ async fn serve(
     };
     let (route, meters) = snapshot.route(index).ok_or(Outcome::UnknownSni)?;
     entry.route = Some(route.name.clone());
+    allowed(route, peer)?;
 
     let started = Instant::now();
     let (mut backend, backend_addr) = forward::connect(&route.backends, limits.connect_timeout)
         .await
         .map_err(|e| {
             tracing::warn!(route = %route.name, "no backend reachable: {}", e.last);
+            meters.backend_errors.increment(1);
             Outcome::BackendError
         })?;
     meters
@@ -120,6 +123,7 @@ async fn serve(
     };
     if let Err(e) = backend.write_all(&preamble).await {
         tracing::warn!(route = %route.name, %backend_addr, "backend closed before the hello: {e}");
+        meters.backend_errors.increment(1);
         return Err(Outcome::BackendError);
     }
     drop(preamble);
@@ -148,13 +152,23 @@ fn register(client: std::net::TcpStream) -> Result<TcpStream, Outcome> {
     TcpStream::from_std(client).map_err(|_| Outcome::Overloaded)
 }
 
-/// The route for `hello`, after the version policy; notes the SNI in `entry`.
+/// The route for `hello`, after the version policy; notes the SNI and the
+/// first ALPN id offered in `entry`.
 fn choose(snapshot: &Snapshot, hello: ClientHello, entry: &mut Entry) -> Result<usize, Outcome> {
     entry.sni = hello.sni.as_ref().map(|name| name.as_str().to_owned());
+    entry.alpn = hello.alpn.first().cloned();
     if hello.max_version < snapshot.config.tls.min_version {
         return Err(Outcome::Policy);
     }
-    snapshot.routes.pick(hello.sni.as_ref())
+    snapshot.routes.pick(hello.sni.as_ref(), &hello.alpn)
+}
+
+/// The route's `allow` list: a source outside it ends `denied`.
+fn allowed(route: &Route, peer: SocketAddr) -> Result<(), Outcome> {
+    match &route.allow {
+        Some(allow) if !allow.contains(peer.ip()) => Err(Outcome::Denied),
+        _ => Ok(()),
+    }
 }
 
 /// Time from accept to the hello's verdict.

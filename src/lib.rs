@@ -3,12 +3,15 @@
 //! Module map (one owner per concern):
 //! - `config`: file -> typed [`config::Config`], every error with its place;
 //! - `clienthello`: PURE bytes -> verdict; `peek`: read the hello off a socket;
-//! - `routes`: name -> route; `guard`: strikes, bans, rate limits;
+//! - `routes`: name (+ ALPN) -> route; `cidr`: a route's `allow` set;
+//!   `balance`: a route's backend pool (policy, health, checks);
+//! - `guard`: strikes, bans, rate limits;
 //! - `listener`: accept loops; `conn`: one connection, start to end;
 //! - `forward`: backend connect and the two-way relay (splice on Linux);
 //! - `shared`: the state below listeners, connections and the admin socket;
 //! - `firewall`: kernel bans (an nftables set fed by the guard's ban events);
-//! - `accesslog`, `metrics`, `admin`, `lifecycle`; `server` builds, starts,
+//! - `accesslog`, `metrics`, `admin`, `lifecycle` (the only signal handler),
+//!   `logging` (stderr, plain or journald-native); `server` builds, starts,
 //!   reloads and stops;
 //! - `sys`: the only `unsafe` (listener registration, TCP_DEFER_ACCEPT).
 
@@ -17,6 +20,7 @@
 
 pub mod accesslog;
 pub mod admin;
+pub mod cidr;
 pub mod clienthello;
 pub mod config;
 pub mod conn;
@@ -26,6 +30,7 @@ pub mod guard;
 pub mod hostname;
 pub mod lifecycle;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod outcome;
 pub mod peek;

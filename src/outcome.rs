@@ -29,11 +29,13 @@ pub enum Outcome {
     Overloaded,
     /// No backend of the route accepted the connection.
     BackendError,
+    /// The route's `allow` list does not hold the source address.
+    Denied,
 }
 
 impl Outcome {
     /// Every outcome, in a fixed order (for pre-registered metrics).
-    pub const ALL: [Outcome; 11] = [
+    pub const ALL: [Outcome; 12] = [
         Outcome::Routed,
         Outcome::UnknownSni,
         Outcome::NoSni,
@@ -45,17 +47,19 @@ impl Outcome {
         Outcome::RateLimited,
         Outcome::Overloaded,
         Outcome::BackendError,
+        Outcome::Denied,
     ];
 
     /// The outcomes `ban.strike_on` accepts: ones a client causes before
     /// routing (also the `reason` labels of `sniroute_strikes_total`).
-    pub const STRIKABLE: [Outcome; 6] = [
+    pub const STRIKABLE: [Outcome; 7] = [
         Outcome::UnknownSni,
         Outcome::NoSni,
         Outcome::NotTls,
         Outcome::Timeout,
         Outcome::Policy,
         Outcome::TooLarge,
+        Outcome::Denied,
     ];
 
     /// The word used in logs, metrics and config (`ban.strike_on`).
@@ -72,6 +76,7 @@ impl Outcome {
             Outcome::RateLimited => "rate_limited",
             Outcome::Overloaded => "overloaded",
             Outcome::BackendError => "backend_error",
+            Outcome::Denied => "denied",
         }
     }
 

@@ -229,7 +229,12 @@ fn reload_re_renders_the_chain_for_new_ports_and_scope() {
             let text = config(dir.path(), &[first, second], backend, &[], NFTABLES);
             std::fs::write(&daemon.config, text).unwrap();
             daemon.admin(&["reload"]);
-            let both = format!("tcp dport {{ {}, {} }} ", first.port(), second.port());
+            let (low, high) = if first.port() < second.port() {
+            (first.port(), second.port())
+        } else {
+            (second.port(), first.port())
+        };
+        let both = format!("tcp dport {{ {low}, {high} }} ");
             wait_until("the chain to name both ports", WAIT, || {
                 chain().contains(&both).then_some(())
             });
@@ -319,8 +324,7 @@ fn the_systemd_drop_in_verifies_and_keeps_exposure_low() {
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     let unit = std::fs::read_to_string(root.join("sniroute.service")).unwrap();
-    let drop_in =
-        std::fs::read_to_string(root.join("sniroute.service.d/nftables.conf")).unwrap();
+    let drop_in = std::fs::read_to_string(root.join("sniroute.service.d/nftables.conf")).unwrap();
     assert!(drop_in.contains("AmbientCapabilities=CAP_NET_ADMIN"));
     assert!(drop_in.contains("CapabilityBoundingSet=CAP_NET_ADMIN"));
     assert!(drop_in.contains("RestrictAddressFamilies=AF_NETLINK"));
@@ -332,7 +336,11 @@ fn the_systemd_drop_in_verifies_and_keeps_exposure_low() {
     let unit = unit.replace("/usr/local/bin/sniroute", firewall_common::BIN);
     std::fs::write(&merged, format!("{unit}\n{drop_in}")).unwrap();
 
-    let verify = Command::new(analyze).arg("verify").arg(&merged).output().unwrap();
+    let verify = Command::new(analyze)
+        .arg("verify")
+        .arg(&merged)
+        .output()
+        .unwrap();
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&verify.stdout),
