@@ -230,11 +230,11 @@ fn reload_re_renders_the_chain_for_new_ports_and_scope() {
             std::fs::write(&daemon.config, text).unwrap();
             daemon.admin(&["reload"]);
             let (low, high) = if first.port() < second.port() {
-            (first.port(), second.port())
-        } else {
-            (second.port(), first.port())
-        };
-        let both = format!("tcp dport {{ {low}, {high} }} ");
+                (first.port(), second.port())
+            } else {
+                (second.port(), first.port())
+            };
+            let both = format!("tcp dport {{ {low}, {high} }} ");
             wait_until("the chain to name both ports", WAIT, || {
                 chain().contains(&both).then_some(())
             });
