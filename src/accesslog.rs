@@ -56,7 +56,9 @@ impl AccessLog {
     pub fn open(config: &LogConfig) -> io::Result<AccessLog> {
         let sink = match &config.access {
             Target::Off => None,
-            Target::Stdout => Some(Sink::Stdout),
+            Target::Stdout => Some(Sink::Stdout {
+                journal: crate::logging::is_journal_stream(&io::stdout()),
+            }),
             Target::File(path) => Some(Sink::File(path.clone(), open_append(path)?)),
         };
         let reopen = Arc::new(AtomicBool::new(false));
@@ -113,7 +115,11 @@ impl AccessLog {
 }
 
 enum Sink {
-    Stdout,
+    /// `journal`: stdout is systemd's journal stream, so each line starts
+    /// with journald's `<6>` (info) prefix, which the journal strips.
+    Stdout {
+        journal: bool,
+    },
     File(PathBuf, File),
 }
 
@@ -124,8 +130,13 @@ fn open_append(path: &PathBuf) -> io::Result<File> {
 /// Writes lines as they come and flushes whenever the queue runs dry, so a
 /// line is visible at once when traffic is light and batched when it is heavy.
 fn write_lines(rx: Receiver<Message>, sink: Sink, reopen: &AtomicBool) {
+    let prefix: &[u8] = if matches!(sink, Sink::Stdout { journal: true }) {
+        b"<6>"
+    } else {
+        b""
+    };
     let (mut out, path): (BufWriter<Box<dyn Write + Send>>, Option<PathBuf>) = match sink {
-        Sink::Stdout => (BufWriter::new(Box::new(io::stdout())), None),
+        Sink::Stdout { .. } => (BufWriter::new(Box::new(io::stdout())), None),
         Sink::File(path, file) => (BufWriter::new(Box::new(file)), Some(path)),
     };
     loop {
@@ -155,6 +166,7 @@ fn write_lines(rx: Receiver<Message>, sink: Sink, reopen: &AtomicBool) {
             }
         }
         if let Message::Line(line) = message {
+            let _ = out.write_all(prefix);
             let _ = out.write_all(line.as_bytes());
         }
     }

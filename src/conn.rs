@@ -95,17 +95,17 @@ async fn serve(
     entry.route = Some(route.name.clone());
     allowed(route, peer)?;
 
+    let pool = snapshot.pool(index).ok_or(Outcome::UnknownSni)?;
     let started = Instant::now();
-    let (mut backend, backend_addr) = forward::connect(&route.backends, limits.connect_timeout)
-        .await
-        .map_err(|e| {
-            tracing::warn!(route = %route.name, "no backend reachable: {}", e.last);
-            meters.backend_errors.increment(1);
-            Outcome::BackendError
-        })?;
+    let (mut backend, lease) = pool.connect(limits.connect_timeout).await.map_err(|e| {
+        tracing::warn!(route = %route.name, "no backend reachable: {}", e.last);
+        meters.backend_errors.increment(1);
+        Outcome::BackendError
+    })?;
     meters
         .connect_seconds
         .record(started.elapsed().as_secs_f64());
+    let backend_addr = lease.addr();
     entry.backend = Some(backend_addr);
 
     // The PROXY header (if any) and the hello go out in one write.

@@ -10,10 +10,13 @@
 //! the prefix on every line, since journald makes an entry of each.
 //!
 //! The formatting is tracing-subscriber's own (`without_time`); only the
-//! prefix is added here, around it.
+//! prefix is added here, around it. The access log, when it goes to stdout
+//! and stdout is the journal too, gets `<6>` before each line (and keeps its
+//! own format, timestamp included: it is a contract for fail2ban).
 
 use std::fmt::Write as _;
 use std::io::IsTerminal;
+use std::os::fd::AsFd;
 
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
@@ -38,15 +41,10 @@ impl Style {
     /// (A child started by a service inherits the variable, not necessarily
     /// the stream: hence the comparison.)
     pub fn detect() -> Style {
-        let Some(wanted) = std::env::var("JOURNAL_STREAM")
-            .ok()
-            .and_then(|v| parse_journal_stream(&v))
-        else {
-            return Style::Plain;
-        };
-        match rustix::fs::fstat(std::io::stderr()) {
-            Ok(stat) if (stat.st_dev, stat.st_ino) == wanted => Style::Journal,
-            _ => Style::Plain,
+        if is_journal_stream(&std::io::stderr()) {
+            Style::Journal
+        } else {
+            Style::Plain
         }
     }
 
@@ -58,6 +56,18 @@ impl Style {
             Style::Journal => eprint!("{}", prefix_lines(priority(&Level::ERROR), message)),
         }
     }
+}
+
+/// Whether `fd` is the stream `JOURNAL_STREAM` names: systemd's journal.
+/// (The access log asks this of stdout, the daemon's log of stderr.)
+pub fn is_journal_stream(fd: &impl AsFd) -> bool {
+    let Some(wanted) = std::env::var("JOURNAL_STREAM")
+        .ok()
+        .and_then(|v| parse_journal_stream(&v))
+    else {
+        return false;
+    };
+    rustix::fs::fstat(fd).is_ok_and(|stat| (stat.st_dev, stat.st_ino) == wanted)
 }
 
 /// `DEVICE:INODE`, both decimal, as systemd writes `JOURNAL_STREAM`.

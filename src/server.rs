@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::accesslog::AccessLog;
 use crate::admin::AdminServer;
+use crate::balance::Checks;
 use crate::config::{self, Config};
 use crate::firewall::Firewall;
 use crate::guard::Guard;
@@ -135,6 +136,9 @@ impl Server {
             }
             None => None,
         };
+        // Health checks of the routes in force; replaced on reload (the old
+        // ones stop when dropped), stopped at the end.
+        let mut checks = Checks::start(&shared.snapshot().pools);
         lifecycle::notify_ready();
 
         loop {
@@ -151,6 +155,10 @@ impl Server {
                         !self.activated,
                         &mut firewall,
                     );
+                    if result.is_ok() {
+                        // The new routes' checks start; the old ones stop.
+                        checks = Checks::start(&shared.snapshot().pools);
+                    }
                     if let Some(reply) = reply {
                         let _ = reply.send(result);
                     }
@@ -160,6 +168,7 @@ impl Server {
             }
         }
 
+        drop(checks);
         lifecycle::notify_stopping();
         tracing::info!("stopping: no new connections");
         accepting.stop_all();
@@ -326,7 +335,7 @@ fn apply_config(
         config.routes.len()
     );
     crate::metrics::limits(config.limits.max_connections);
-    shared.swap(Snapshot::new(config));
+    shared.swap(Snapshot::after(config, Some(&shared.snapshot())));
     Ok(summary)
 }
 

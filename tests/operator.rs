@@ -20,7 +20,8 @@ mod ops_common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ops_common::daemon::{Conf, Daemon, free_addr};
+use ops_common::daemon::{Conf, Daemon, free_addr, http_get};
+use ops_common::prometheus::Prometheus;
 use ops_common::traffic::{expect_rejected, hello, loopback, routed_tag, tagged_echo_backend};
 use ops_common::{WAIT, needed_tool, wait_until};
 use rustix::process::Signal;
@@ -184,17 +185,25 @@ fn make_noise(daemon: &Daemon) {
 #[test]
 fn journal_stream_lines_carry_priorities_and_no_timestamp() {
     // Nobody listens on the route's backend: every connection is refused.
-    let conf = Conf::new().route(ROUTED, free_addr());
+    let mut conf = Conf::new().route(ROUTED, free_addr());
+    // `log.access = "stdout"`: the access log shares the journal stream.
+    conf.access_log = Some(PathBuf::from("stdout"));
     let daemon = Daemon::start_journal(&conf);
     make_noise(&daemon);
     let (status, text) = daemon.stop_with_stderr();
     assert!(status.success(), "clean exit: {status}\n{text}");
 
-    assert!(text.lines().count() >= 6, "{text}");
+    assert!(text.lines().count() >= 7, "{text}");
     for line in text.lines() {
         assert!(priority(line).is_some(), "no <N> prefix: {line:?}\n{text}");
-        assert!(!has_timestamp(line), "a timestamp: {line:?}\n{text}");
+        // Access log lines keep their format (fail2ban reads it), at info.
+        if line.contains(" outcome=") {
+            assert_eq!(priority(line), Some(6), "{line}");
+        } else {
+            assert!(!has_timestamp(line), "a timestamp: {line:?}\n{text}");
+        }
     }
+    assert!(text.contains(" outcome=backend_error "), "{text}");
     let find = |what: &str| {
         text.lines()
             .filter(|l| l.contains(what))
@@ -529,4 +538,76 @@ fn the_dashboard_has_an_alerts_row() {
         exprs.iter().any(|e| e.contains("sniroute_max_connections")),
         "{exprs:?}"
     );
+}
+
+/// Every rule's `health` from Prometheus's `/api/v1/rules`, once each rule
+/// has been evaluated at least once: `(name, health, lastError)`.
+fn rule_health(prometheus: &Prometheus) -> Vec<(String, String, String)> {
+    wait_until("every rule to be evaluated", WAIT, || {
+        let (_, body) = http_get(prometheus.web, "/api/v1/rules").ok()?;
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let rules: Vec<(String, String, String)> = json["data"]["groups"]
+            .as_array()?
+            .iter()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .map(|r| {
+                let text = |key: &str| r[key].as_str().unwrap_or_default().to_owned();
+                (text("name"), text("health"), text("lastError"))
+            })
+            .collect();
+        (!rules.is_empty() && rules.iter().all(|(_, health, _)| health != "unknown"))
+            .then_some(rules)
+    })
+}
+
+#[test]
+fn a_real_prometheus_fires_the_alerts_a_live_daemon_deserves() {
+    let test = "a_real_prometheus_fires_the_alerts_a_live_daemon_deserves";
+    let Some(binary) = needed_tool(test, "/usr/bin/prometheus", "prometheus") else {
+        return;
+    };
+    // Nobody listens on the route's backend: every connection is refused.
+    let conf = Conf::new().route(ROUTED, free_addr());
+    let daemon = Daemon::start(&conf);
+    let prometheus = Prometheus::start_with_rules(&binary, conf.metrics, &[&repo(RULES)]);
+    // The all-zero start-up state first, so increase() sees the errors.
+    prometheus.wait_at_least("sum(sniroute_build_info)", 1.0);
+    let healthy = rule_health(&prometheus);
+    assert!(healthy.len() >= 9, "{healthy:?}");
+    assert!(
+        prometheus
+            .query("ALERTS{alertstate=\"firing\"}")
+            .unwrap()
+            .is_empty(),
+        "a healthy daemon raises nothing"
+    );
+
+    let listen = conf.listen[0];
+    for _ in 0..8 {
+        expect_rejected(loopback(ME), listen, &hello(ROUTED));
+    }
+    daemon.wait_metric_at_least(BACKEND_ERRORS, 8.0);
+    daemon.write_config("listen = [\n");
+    daemon.signal(Signal::HUP);
+    daemon.wait_metric_at_least(ERROR_RELOADS, 1.0);
+
+    let mut expected = ["SnirouteBackendErrors", "SnirouteReloadFailed"];
+    for alert in expected {
+        prometheus.wait_at_least(
+            &format!("count(ALERTS{{alertname=\"{alert}\", alertstate=\"firing\"}})"),
+            1.0,
+        );
+    }
+    let mut firing: Vec<String> = prometheus
+        .query("ALERTS{alertstate=\"firing\"}")
+        .unwrap()
+        .iter()
+        .map(|s| s["metric"]["alertname"].as_str().unwrap().to_owned())
+        .collect();
+    firing.sort();
+    expected.sort();
+    assert_eq!(firing, expected, "nothing else fires");
+    for (name, health, error) in rule_health(&prometheus) {
+        assert_eq!(health, "ok", "{name}: {error}");
+    }
 }

@@ -108,8 +108,8 @@ impl Daemon {
     }
 
     /// Starts `sniroute run` the way systemd does with its output to the
-    /// journal: `JOURNAL_STREAM` is the `DEVICE:INODE` of the stderr file.
-    /// Waits until it serves.
+    /// journal: stdout and stderr go to one file, and `JOURNAL_STREAM` is
+    /// its `DEVICE:INODE`. Waits until it serves.
     #[allow(dead_code)] // tests/operator.rs, not tests/ops.rs
     pub fn start_journal(conf: &Conf) -> Daemon {
         let mut daemon = Daemon::spawn_with(conf, &[], &[], true);
@@ -126,6 +126,7 @@ impl Daemon {
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
         let meta = stderr.metadata().expect("stderr file metadata");
         let journal_stream = format!("{}:{}", meta.dev(), meta.ino());
+        let same_stream = stderr.try_clone().expect("dup stderr file");
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -149,7 +150,10 @@ impl Daemon {
             .stdout(Stdio::null())
             .stderr(stderr);
         if journal {
-            command.env("JOURNAL_STREAM", journal_stream);
+            // systemd connects stdout and stderr to the same journal stream.
+            command
+                .env("JOURNAL_STREAM", journal_stream)
+                .stdout(same_stream);
         }
         let child = command.spawn().expect("spawn sniroute");
         Daemon {
