@@ -17,7 +17,7 @@ use super::raw::{self, RawConfig, Source, Text, TextList};
 use super::{
     AccessLog, AdminConfig, Balance, BanConfig, Config, Diagnostic, FirewallBackend,
     FirewallConfig, FirewallScope, HealthCheck, HostPattern, Limits, LogConfig, LogFormat,
-    MetricsConfig, ProxyProtocol, RateLimitConfig, Route, TlsPolicy,
+    MetricsConfig, ProxyProtocol, ProxyProtocolConfig, RateLimitConfig, Route, TlsPolicy,
 };
 use crate::cidr::CidrSet;
 use crate::outcome::Outcome;
@@ -82,6 +82,7 @@ pub(super) fn build(src: &Source<'_>, raw: RawConfig, diags: &mut Vec<Diagnostic
         },
         log: c.log(&raw.log),
         firewall: c.firewall(&raw.firewall),
+        proxy_protocol: c.proxy_protocol_section(&raw.proxy_protocol),
     }
 }
 
@@ -634,6 +635,25 @@ impl Checker<'_, '_> {
             );
         }
         MetricsConfig { listen: addr }
+    }
+
+    /// `[proxy_protocol]`: every `accept_from` entry a CIDR, none twice.
+    fn proxy_protocol_section(&mut self, raw: &raw::RawProxyProtocol) -> ProxyProtocolConfig {
+        let path = "proxy_protocol.accept_from";
+        let mut accept_from = Vec::new();
+        for item in raw.accept_from.as_ref().map_or(&[][..], |l| l.get_ref()) {
+            let Some(net) = self.cidr(path, item) else {
+                continue;
+            };
+            if accept_from.contains(&net) {
+                self.err(item.span(), format!("{path}: {net} is listed twice"));
+            } else {
+                accept_from.push(net);
+            }
+        }
+        ProxyProtocolConfig {
+            accept_from: CidrSet::new(&accept_from),
+        }
     }
 
     fn log(&mut self, raw: &raw::RawLog) -> LogConfig {
