@@ -208,6 +208,41 @@ fn ignored_addresses_never_reach_the_kernel() {
 }
 
 #[test]
+fn clients_behind_a_trusted_balancer_stay_out_of_the_kernel() {
+    in_netns(
+        "clients_behind_a_trusted_balancer_stay_out_of_the_kernel",
+        || {
+            let dir = tempfile::tempdir().unwrap();
+            let listen = SocketAddr::new(lo4(1), free_port());
+            let text = config(dir.path(), &[listen], echo_backend(), &[], NFTABLES)
+                + "\n[proxy_protocol]\naccept_from = [\"127.0.0.50\"]\n";
+            let daemon = Daemon::start(dir.path(), &text);
+            // The balancer names a client asking for an unknown name: the client
+            // is banned, in user space only (the kernel only sees the balancer).
+            let mut stream = connect_from(lo4(50), listen, WAIT).expect("connect");
+            let mut bytes = format!(
+                "PROXY TCP4 127.0.0.60 {} 40000 {}\r\n",
+                listen.ip(),
+                listen.port()
+            )
+            .into_bytes();
+            bytes.extend(hello(UNKNOWN));
+            std::io::Write::write_all(&mut stream, &bytes).unwrap();
+            let mut buf = [0u8; 8];
+            let _ = std::io::Read::read(&mut stream, &mut buf);
+            wait_until("the client behind the balancer to be banned", WAIT, || {
+                daemon.ban_expiry("127.0.0.60/32")
+            });
+            // A direct offender still goes to the kernel, after the first ban.
+            send_unknown(lo4(2), listen);
+            wait_element(TABLE, "ban4", "127.0.0.2");
+            assert_eq!(all_elements(TABLE), vec!["127.0.0.2".to_string()]);
+            daemon.stop();
+        },
+    );
+}
+
+#[test]
 fn reload_re_renders_the_chain_for_new_ports_and_scope() {
     in_netns(
         "reload_re_renders_the_chain_for_new_ports_and_scope",
