@@ -23,6 +23,9 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::firewall;
+use arc_swap::ArcSwapOption;
+
+use crate::crowdsec;
 use crate::guard::Guard;
 use crate::guard::bans::Ban;
 use crate::guard::clock::rfc3339 as time;
@@ -132,12 +135,17 @@ pub struct StatusReport {
     /// Kernel bans: `nftables inet sniroute, N elements` or `none`.
     #[serde(default = "no_firewall")]
     pub firewall: String,
+    /// The CrowdSec LAPI's state, when `[crowdsec]` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crowdsec: Option<crowdsec::Report>,
 }
 
 /// The bound admin socket. Dropping it removes the socket file (if it is
 /// still the one it bound).
 pub struct AdminServer {
     listener: UnixListener,
+    /// What `status` shows of CrowdSec, when it runs.
+    crowdsec: Arc<ArcSwapOption<crowdsec::Status>>,
     path: PathBuf,
     inode: (u64, u64),
     /// The kernel bans' state, for `status`; `None` reads as `none`.
@@ -166,12 +174,19 @@ impl AdminServer {
             path: path.to_path_buf(),
             inode: (meta.dev(), meta.ino()),
             firewall: None,
+            crowdsec: Arc::default(),
         })
     }
 
     /// Reports `firewall` in `status` (the line `Firewall: ...`).
     pub fn with_firewall(mut self, firewall: Arc<firewall::Status>) -> AdminServer {
         self.firewall = Some(firewall);
+        self
+    }
+
+    /// Shows CrowdSec's state (whatever `slot` holds at each request) in `status`.
+    pub fn with_crowdsec(mut self, slot: Arc<ArcSwapOption<crowdsec::Status>>) -> AdminServer {
+        self.crowdsec = slot;
         self
     }
 
@@ -190,10 +205,15 @@ impl AdminServer {
             match self.listener.accept().await {
                 Ok((stream, _)) => {
                     let (guard, control) = (guard.clone(), control.clone());
+                    let crowdsec = self.crowdsec.load_full();
                     let firewall = self.firewall.clone();
                     tokio::spawn(async move {
-                        let firewall = firewall.as_deref();
-                        if let Err(e) = answer(stream, &guard, control.as_ref(), firewall).await {
+                        let status = Ctx {
+                            guard: &guard,
+                            crowdsec: crowdsec.as_deref(),
+                            firewall: firewall.as_deref(),
+                        };
+                        if let Err(e) = answer(stream, status, control.as_ref()).await {
                             tracing::debug!(error = %e, "admin connection failed");
                         }
                     });
@@ -268,9 +288,8 @@ fn bind_private(path: &Path, parent: &Path) -> io::Result<std::os::unix::net::Un
 /// Reads one request, writes one response.
 async fn answer(
     stream: UnixStream,
-    guard: &Guard,
+    ctx: Ctx<'_>,
     control: Option<&mpsc::Sender<Control>>,
-    firewall: Option<&firewall::Status>,
 ) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
@@ -279,7 +298,7 @@ async fn answer(
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request in time"))??;
     let response = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => handle(request, guard, control, firewall).await,
+        Ok(request) => handle(request, ctx, control).await,
         Err(e) => Response::Refused {
             message: format!("bad request: {e}"),
         },
@@ -293,12 +312,12 @@ async fn answer(
 /// Carries out one request.
 async fn handle(
     request: Request,
-    guard: &Guard,
+    ctx: Ctx<'_>,
     control: Option<&mpsc::Sender<Control>>,
-    firewall: Option<&firewall::Status>,
 ) -> Response {
+    let guard = ctx.guard;
     match request {
-        Request::Status => Response::Status(status(guard, firewall)),
+        Request::Status => Response::Status(status(ctx)),
         Request::BansList => Response::Bans { bans: guard.bans() },
         Request::BansAdd {
             addr,
@@ -342,9 +361,19 @@ fn refused(message: String) -> Response {
     Response::Refused { message }
 }
 
-fn status(guard: &Guard, firewall: Option<&firewall::Status>) -> StatusReport {
+/// What a request may look at.
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    guard: &'a Guard,
+    crowdsec: Option<&'a crowdsec::Status>,
+    firewall: Option<&'a firewall::Status>,
+}
+
+fn status(ctx: Ctx<'_>) -> StatusReport {
+    let guard = ctx.guard;
     let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
     StatusReport {
+        crowdsec: ctx.crowdsec.map(|c| c.report(guard)),
         connections: guard
             .outcome_counts()
             .into_iter()
@@ -354,7 +383,9 @@ fn status(guard: &Guard, firewall: Option<&firewall::Status>) -> StatusReport {
         total_banned: guard.total_banned(),
         sources_with_strikes: count(guard.strike_sources()),
         rate_limit_keys: count(guard.rate_limit_keys()),
-        firewall: firewall.map_or_else(no_firewall, firewall::Status::line),
+        firewall: ctx
+            .firewall
+            .map_or_else(no_firewall, firewall::Status::line),
     }
 }
 
@@ -480,8 +511,36 @@ impl StatusReport {
         let _ = writeln!(out, "Currently banned: {}", self.currently_banned);
         let _ = writeln!(out, "Total banned: {}", self.total_banned);
         let _ = writeln!(out, "Firewall: {}", self.firewall);
+        if let Some(c) = &self.crowdsec {
+            out.push_str(&crowdsec_lines(c));
+        }
         out
     }
+}
+
+/// The CrowdSec part of `status`.
+fn crowdsec_lines(c: &crowdsec::Report) -> String {
+    let mut out = format!("CrowdSec LAPI: {}\n", c.lapi_url);
+    let last = match c.last_pull {
+        0 => "never".to_string(),
+        t => time(t),
+    };
+    let _ = writeln!(out, "  Last pull: {last}");
+    if let Some(e) = &c.pull_error {
+        let _ = writeln!(out, "  Pull failing: {e}");
+    }
+    let _ = writeln!(out, "  Remote decisions: {}", c.decisions);
+    if c.push {
+        let last = match c.last_push {
+            0 => "never".to_string(),
+            t => time(t),
+        };
+        let _ = writeln!(out, "  Last push: {last}; waiting: {}", c.push_pending);
+        if let Some(e) = &c.push_error {
+            let _ = writeln!(out, "  Push failing: {e}");
+        }
+    }
+    out
 }
 
 /// `bans list` as a table.
@@ -588,6 +647,7 @@ mod tests {
             sources_with_strikes: 1,
             rate_limit_keys: 3,
             firewall: "nftables inet sniroute, 2 elements".to_owned(),
+            crowdsec: None,
         };
         let text = report.human();
         assert!(

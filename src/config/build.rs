@@ -83,6 +83,7 @@ pub(super) fn build(src: &Source<'_>, raw: RawConfig, diags: &mut Vec<Diagnostic
         log: c.log(&raw.log),
         firewall: c.firewall(&raw.firewall),
         proxy_protocol: c.proxy_protocol_section(&raw.proxy_protocol),
+        crowdsec: c.crowdsec(&raw.crowdsec),
     }
 }
 

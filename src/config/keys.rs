@@ -45,6 +45,7 @@ fn section_fields(section: &str) -> &'static [&'static str] {
         "log" => fields_of::<RawLog>(),
         "firewall" => fields_of::<RawFirewall>(),
         "proxy_protocol" => fields_of::<RawProxyProtocol>(),
+        "crowdsec" => fields_of::<super::crowdsec::RawCrowdsec>(),
         _ => &[],
     }
 }
