@@ -89,6 +89,7 @@ fn route(i: usize) -> Route {
         ],
         backends: vec!["127.0.0.1:443".parse().expect("literal address")],
         proxy_protocol: ProxyProtocol::None,
+        http_backends: Vec::new(),
     }
 }
 

@@ -1,9 +1,11 @@
 //! The story of one client connection, from accept to close, and its single
-//! [`Outcome`]: read the hello, check the policy, pick the route, connect,
-//! replay the hello, relay. Every early exit is an `Err(Outcome)`; [`finish`]
-//! writes the one log line, the one metric update and the strike.
+//! [`Outcome`]: read the head (the TLS ClientHello, or on `[http]` listeners
+//! the HTTP request head) and pick the route from it, connect, replay the
+//! head, relay. Only the first step knows the [`Protocol`]. Every early exit
+//! is an `Err(Outcome)`; [`finish`] writes the one log line, the one metric
+//! update and the strike.
 //!
-//! The client socket reaches [`start`] unregistered: if its hello is already
+//! The client socket reaches [`start`] unregistered: if its head is already
 //! there (always with `defer_accept`), a refusal costs accept + read + close,
 //! with no registration with the reactor and no timer.
 
@@ -18,15 +20,27 @@ use crate::accesslog::Entry;
 use crate::clienthello::ClientHello;
 use crate::config::ProxyProtocol;
 use crate::forward::{self, RelayOptions};
+use crate::httphead::{self, Request};
 use crate::outcome::Outcome;
-use crate::peek;
+use crate::peek::{self, Head};
 use crate::shared::{Shared, Slot, Snapshot};
+
+/// What a listener's clients send first, so how a connection is routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// A TLS ClientHello, routed by its SNI to a route's `backends` (`listen`).
+    Tls,
+    /// A plain HTTP/1.x request, routed by its `Host` to a route's
+    /// `http_backends` (`[http] listen`).
+    Http,
+}
 
 /// Takes over an admitted connection (non-blocking, not yet registered with
 /// the reactor). `slot` holds its place under `max_connections` until the end.
 pub fn start(
     shared: &Arc<Shared>,
     snapshot: Arc<Snapshot>,
+    protocol: Protocol,
     client: std::net::TcpStream,
     peer: SocketAddr,
     accepted: Instant,
@@ -35,7 +49,10 @@ pub fn start(
     let shared = Arc::clone(shared);
     tokio::spawn(async move {
         let mut entry = Entry::default();
-        let served = serve(&shared, &snapshot, client, peer, accepted, &mut entry).await;
+        let served = serve(
+            &shared, &snapshot, protocol, client, peer, accepted, &mut entry,
+        )
+        .await;
         let outcome = match served {
             Ok(()) => Outcome::Routed,
             Err(outcome) => outcome,
@@ -62,6 +79,7 @@ pub fn finish(
 async fn serve(
     shared: &Shared,
     snapshot: &Snapshot,
+    protocol: Protocol,
     client: std::net::TcpStream,
     peer: SocketAddr,
     accepted: Instant,
@@ -69,32 +87,46 @@ async fn serve(
 ) -> Result<(), Outcome> {
     let config = &snapshot.config;
     let limits = &config.limits;
-    let max_len = limits.max_client_hello;
 
-    // When the hello is already here (always with `defer_accept`; otherwise
-    // only when the accept queue was backed up: it usually arrives a few
-    // microseconds after the handshake), a refusal costs no registration
-    // with the reactor and no timer. Else the socket waits in the reactor.
     let mut hello_bytes = Vec::new();
-    let (index, client) = match peek::read_now(&client, max_len, &mut hello_bytes) {
-        Some(verdict) => {
-            hello_seconds(shared, accepted);
-            (choose(snapshot, verdict?, entry)?, register(client)?)
+    let (index, client) = match protocol {
+        Protocol::Tls => {
+            let choose = |hello| choose(snapshot, hello, entry);
+            read_head(
+                shared,
+                snapshot,
+                client,
+                accepted,
+                &mut hello_bytes,
+                peek::Tls,
+                choose,
+            )
+            .await?
         }
-        None => {
-            let mut client = register(client)?;
-            let deadline = accepted + limits.client_hello_timeout;
-            let hello =
-                peek::read_client_hello(&mut client, max_len, deadline, &mut hello_bytes).await;
-            hello_seconds(shared, accepted);
-            (choose(snapshot, hello?, entry)?, client)
+        Protocol::Http => {
+            let choose = |request| choose_http(snapshot, request, entry);
+            let reader = httphead::Reader::default();
+            read_head(
+                shared,
+                snapshot,
+                client,
+                accepted,
+                &mut hello_bytes,
+                reader,
+                choose,
+            )
+            .await?
         }
     };
     let (route, meters) = snapshot.route(index).ok_or(Outcome::UnknownSni)?;
     entry.route = Some(route.name.clone());
 
+    let backends = match protocol {
+        Protocol::Tls => &route.backends,
+        Protocol::Http => &route.http_backends,
+    };
     let started = Instant::now();
-    let (mut backend, backend_addr) = forward::connect(&route.backends, limits.connect_timeout)
+    let (mut backend, backend_addr) = forward::connect(backends, limits.connect_timeout)
         .await
         .map_err(|e| {
             tracing::warn!(route = %route.name, "no backend reachable: {}", e.last);
@@ -105,7 +137,7 @@ async fn serve(
         .record(started.elapsed().as_secs_f64());
     entry.backend = Some(backend_addr);
 
-    // The PROXY header (if any) and the hello go out in one write.
+    // The PROXY header (if any) and the head go out in one write.
     let client_bytes = hello_bytes.len() as u64;
     let preamble = match route.proxy_protocol {
         ProxyProtocol::None => hello_bytes,
@@ -119,12 +151,12 @@ async fn serve(
         }
     };
     if let Err(e) = backend.write_all(&preamble).await {
-        tracing::warn!(route = %route.name, %backend_addr, "backend closed before the hello: {e}");
+        tracing::warn!(route = %route.name, %backend_addr, "backend closed before the head: {e}");
         return Err(Outcome::BackendError);
     }
     drop(preamble);
 
-    // Routed from here on: small TLS records must not wait for Nagle.
+    // Routed from here on: small records and responses must not wait for Nagle.
     let _ = client.set_nodelay(true);
     meters.routed.increment(1);
     meters.bytes.up.increment(client_bytes);
@@ -142,6 +174,37 @@ async fn serve(
     Ok(())
 }
 
+/// Reads the head with `parser` and picks its route with `choose`. When the
+/// head is already here (always with `defer_accept`; otherwise only when the
+/// accept queue was backed up: it usually arrives a few microseconds after
+/// the handshake), a refusal costs no registration with the reactor and no
+/// timer. Else the socket waits in the reactor, until the hello timeout.
+async fn read_head<H: Head>(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    client: std::net::TcpStream,
+    accepted: Instant,
+    buf: &mut Vec<u8>,
+    mut parser: H,
+    choose: impl FnOnce(H::Parsed) -> Result<usize, Outcome>,
+) -> Result<(usize, TcpStream), Outcome> {
+    let limits = &snapshot.config.limits;
+    let max_len = limits.max_client_hello;
+    match peek::read_now(&client, max_len, buf, &mut parser) {
+        Some(verdict) => {
+            hello_seconds(shared, accepted);
+            Ok((choose(verdict?)?, register(client)?))
+        }
+        None => {
+            let mut client = register(client)?;
+            let deadline = accepted + limits.client_hello_timeout;
+            let verdict = peek::read_head(&mut client, max_len, deadline, buf, &mut parser).await;
+            hello_seconds(shared, accepted);
+            Ok((choose(verdict?)?, client))
+        }
+    }
+}
+
 /// Hands the client socket to the reactor. Fails only when the kernel is out
 /// of epoll watches or memory.
 fn register(client: std::net::TcpStream) -> Result<TcpStream, Outcome> {
@@ -157,7 +220,23 @@ fn choose(snapshot: &Snapshot, hello: ClientHello, entry: &mut Entry) -> Result<
     snapshot.routes.pick(hello.sni.as_ref())
 }
 
-/// Time from accept to the hello's verdict.
+/// The route for an HTTP request's host: one with `http_backends`; notes
+/// the host in `entry` (the log's `sni` field).
+fn choose_http(snapshot: &Snapshot, request: Request, entry: &mut Entry) -> Result<usize, Outcome> {
+    entry.sni = Some(request.host.as_str().to_owned());
+    snapshot
+        .routes
+        .lookup(&request.host)
+        .filter(|&index| {
+            snapshot
+                .routes
+                .get(index)
+                .is_some_and(|route| !route.http_backends.is_empty())
+        })
+        .ok_or(Outcome::UnknownHost)
+}
+
+/// Time from accept to the hello's (or request head's) verdict.
 fn hello_seconds(shared: &Shared, accepted: Instant) {
     shared
         .metrics

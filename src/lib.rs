@@ -2,7 +2,8 @@
 //!
 //! Module map (one owner per concern):
 //! - `config`: file -> typed [`config::Config`], every error with its place;
-//! - `clienthello`: PURE bytes -> verdict; `peek`: read the hello off a socket;
+//! - `clienthello`: PURE bytes -> verdict; `httphead`: the same for a plain
+//!   HTTP/1.x request head (`[http]` listeners); `peek`: read either off a socket;
 //! - `routes`: name -> route; `guard`: strikes, bans, rate limits;
 //! - `listener`: accept loops; `conn`: one connection, start to end;
 //! - `forward`: backend connect and the two-way relay (splice on Linux);
@@ -22,6 +23,7 @@ pub mod conn;
 pub mod forward;
 pub mod guard;
 pub mod hostname;
+pub mod httphead;
 pub mod lifecycle;
 pub mod listener;
 pub mod metrics;

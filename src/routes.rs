@@ -96,6 +96,7 @@ mod tests {
             sni,
             backends: vec!["127.0.0.1:1".parse().unwrap()],
             proxy_protocol: ProxyProtocol::None,
+            http_backends: Vec::new(),
         }
     }
 

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use crate::accesslog::AccessLog;
 use crate::admin::AdminServer;
 use crate::config::{self, Config};
+use crate::conn::Protocol;
 use crate::guard::Guard;
 use crate::lifecycle;
 use crate::listener;
@@ -25,35 +26,45 @@ use crate::shared::{Shared, Snapshot};
 pub struct Server {
     shared: Arc<Shared>,
     config_path: Option<PathBuf>,
-    /// Keyed by the configured address (which may say port 0).
-    listeners: Vec<(SocketAddr, std::net::TcpListener)>,
+    /// Each with the configured address it stands for (which may say port
+    /// 0) and what its clients speak.
+    listeners: Vec<Bound>,
     /// Listeners handed over by systemd socket activation: a reload never
     /// adds or removes listeners then (systemd owns them).
     activated: bool,
 }
 
+/// A listening socket, the configured address it stands for, and what its
+/// clients speak.
+pub type Bound = (SocketAddr, Protocol, std::net::TcpListener);
+
+/// Every listener `config` asks for: `listen` (TLS) and `[http] listen`.
+fn wanted(config: &Config) -> Vec<(SocketAddr, Protocol)> {
+    let tls = config.listen.iter().map(|&a| (a, Protocol::Tls));
+    let http = config.http.listen.iter().map(|&a| (a, Protocol::Http));
+    tls.chain(http).collect()
+}
+
 impl Server {
-    /// Builds the server and binds every `listen` address of `config`.
-    /// `config_path` is what a reload reads.
+    /// Builds the server and binds every `listen` and `[http] listen`
+    /// address of `config`. `config_path` is what a reload reads.
     pub fn bind(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Server> {
-        let listeners = config
-            .listen
-            .iter()
-            .map(|&addr| {
+        let listeners = wanted(&config)
+            .into_iter()
+            .map(|(addr, protocol)| {
                 let l = listener::bind(addr, config.defer_accept)
                     .with_context(|| format!("cannot listen on {addr}"))?;
-                Ok((addr, l))
+                Ok((addr, protocol, l))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Server::with_listeners(config, config_path, listeners)
     }
 
-    /// Builds the server on listeners bound elsewhere (tests, socket activation),
-    /// each paired with the configured address it stands for.
+    /// Builds the server on listeners bound elsewhere (tests, socket activation).
     pub fn with_listeners(
         config: Config,
         config_path: Option<PathBuf>,
-        listeners: Vec<(SocketAddr, std::net::TcpListener)>,
+        listeners: Vec<Bound>,
     ) -> anyhow::Result<Server> {
         crate::metrics::install();
         let guard =
@@ -69,7 +80,9 @@ impl Server {
     }
 
     /// Builds the server on sockets passed by systemd (`LISTEN_FDS`); the
-    /// config's `listen` is then ignored, also on reload.
+    /// config's `listen` and `[http] listen` then only say which sockets
+    /// serve plain HTTP (those bound to an `[http] listen` address; the rest
+    /// serve TLS), and no reload adds or removes a listener.
     pub fn activated(
         config: Config,
         config_path: Option<PathBuf>,
@@ -80,7 +93,13 @@ impl Server {
             .map(|l| {
                 l.set_nonblocking(true)?;
                 crate::sys::set_defer_accept(&l, config.defer_accept)?;
-                Ok((l.local_addr()?, l))
+                let addr = l.local_addr()?;
+                let protocol = if config.http.listen.contains(&addr) {
+                    Protocol::Http
+                } else {
+                    Protocol::Tls
+                };
+                Ok((addr, protocol, l))
             })
             .collect::<std::io::Result<Vec<_>>>()
             .context("unusable socket from systemd")?;
@@ -89,11 +108,18 @@ impl Server {
         Ok(server)
     }
 
-    /// The addresses actually bound (port 0 resolved).
+    /// The TLS listeners' addresses actually bound (port 0 resolved).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.local_addrs_of(Protocol::Tls)
+    }
+
+    /// The addresses actually bound (port 0 resolved) of the listeners
+    /// whose clients speak `protocol`.
+    pub fn local_addrs_of(&self, protocol: Protocol) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|(_, l)| l.local_addr().ok())
+            .filter(|(_, p, _)| *p == protocol)
+            .filter_map(|(_, _, l)| l.local_addr().ok())
             .collect()
     }
 
@@ -106,8 +132,10 @@ impl Server {
     pub async fn run(self, mut control: mpsc::Receiver<Control>) -> anyhow::Result<()> {
         let shared = self.shared;
         let mut accepting = Accepting::default();
-        for (addr, l) in self.listeners {
-            accepting.start(addr, l, &shared)?;
+        for (addr, protocol, l) in self.listeners {
+            let listener = crate::sys::register_listener(l)
+                .with_context(|| format!("cannot register listener {addr}"))?;
+            accepting.start(addr, protocol, Arc::new(listener), &shared);
         }
         let metrics_task = start_metrics(&shared.snapshot().config).await?;
         let housekeeping = shared
@@ -210,33 +238,37 @@ struct Accepting {
 
 struct AcceptLoop {
     listener: Arc<AsyncFd<std::net::TcpListener>>,
+    protocol: Protocol,
     stop: watch::Sender<bool>,
     _task: JoinHandle<()>,
 }
 
 impl Accepting {
+    /// Starts accepting `protocol` clients on `listener` (registered with
+    /// the reactor), in place of any loop on `addr`.
     fn start(
         &mut self,
         addr: SocketAddr,
-        listener: std::net::TcpListener,
+        protocol: Protocol,
+        listener: Arc<AsyncFd<std::net::TcpListener>>,
         shared: &Arc<Shared>,
-    ) -> anyhow::Result<()> {
-        let listener = crate::sys::register_listener(listener)
-            .with_context(|| format!("cannot register listener {addr}"))?;
-        let listener = Arc::new(listener);
+    ) {
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(listener::accept_loop(
             Arc::clone(&listener),
             Arc::clone(shared),
+            protocol,
             stopped,
         ));
         let accept_loop = AcceptLoop {
             listener,
+            protocol,
             stop,
             _task: task,
         };
-        self.loops.insert(addr, accept_loop);
-        Ok(())
+        if let Some(old) = self.loops.insert(addr, accept_loop) {
+            let _ = old.stop.send(true);
+        }
     }
 
     fn stop(&mut self, addr: &SocketAddr) {
@@ -274,14 +306,15 @@ fn reload(
     let path = path.ok_or("no config file to reload from")?;
     let config = config::load(path).map_err(|e| e.to_string())?;
     if follow_listen {
-        accepting.follow(&config.listen, config.defer_accept, shared)?;
+        accepting.follow(&wanted(&config), config.defer_accept, shared)?;
     }
     accepting.set_defer_accept(config.defer_accept)?;
     shared.guard.reconfigure(&config.ban, &config.rate_limit);
     shared.log.reopen();
     let summary = format!(
-        "config reloaded: {} listeners, {} routes",
+        "config reloaded: {} listeners, {} plain-HTTP listeners, {} routes",
         config.listen.len(),
+        config.http.listen.len(),
         config.routes.len()
     );
     shared.swap(Snapshot::new(config));
@@ -289,29 +322,44 @@ fn reload(
 }
 
 impl Accepting {
-    /// Starts and stops accept loops so they match `listen`. New addresses are
-    /// bound first, so one that cannot be bound refuses the reload untouched.
+    /// Starts and stops accept loops so they match `listen` (each address
+    /// with what its clients speak). New addresses are bound and registered
+    /// first, so one that cannot be refuses the reload untouched. An address
+    /// that moves between `listen` and `[http] listen` keeps its socket (no
+    /// connection in its queue is lost) under a new loop.
     fn follow(
         &mut self,
-        listen: &[SocketAddr],
+        listen: &[(SocketAddr, Protocol)],
         defer_accept: bool,
         shared: &Arc<Shared>,
     ) -> Result<(), String> {
         let mut new_listeners = Vec::new();
-        for &addr in listen {
+        for &(addr, protocol) in listen {
             if !self.loops.contains_key(&addr) {
                 let l = listener::bind(addr, defer_accept)
                     .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-                new_listeners.push((addr, l));
+                let l = crate::sys::register_listener(l)
+                    .map_err(|e| format!("cannot register listener {addr}: {e}"))?;
+                new_listeners.push((addr, protocol, Arc::new(l)));
             }
         }
-        for (addr, l) in new_listeners {
-            self.start(addr, l, shared).map_err(|e| format!("{e:#}"))?;
+        for (addr, protocol, l) in new_listeners {
+            self.start(addr, protocol, l, shared);
+        }
+        for &(addr, protocol) in listen {
+            let moved = self
+                .loops
+                .get(&addr)
+                .filter(|l| l.protocol != protocol)
+                .map(|l| Arc::clone(&l.listener));
+            if let Some(l) = moved {
+                self.start(addr, protocol, l, shared);
+            }
         }
         let gone: Vec<SocketAddr> = self
             .loops
             .keys()
-            .filter(|a| !listen.contains(a))
+            .filter(|a| !listen.iter().any(|(addr, _)| addr == *a))
             .copied()
             .collect();
         for addr in &gone {

@@ -158,7 +158,7 @@ max_retry = 1                  # strikes within find_time that earn a ban
 find_time = "1h"
 ban_time = "365d"
 ignore = ["127.0.0.1", "192.0.2.10", "2001:db8::/48"]   # never struck, never banned, never rate-limited
-strike_on = ["unknown_sni", "no_sni", "not_tls"]        # also possible: "timeout", "policy", "too_large"
+strike_on = ["unknown_sni", "no_sni", "not_tls", "unknown_host", "no_host", "not_http"]   # also possible: "timeout", "policy", "too_large"
 ipv6_prefix = 64               # IPv6 clients are struck and banned per /64 (one host owns a whole /64)
 state_file = "/var/lib/sniroute/bans.json"   # bans survive restarts and crashes; "" = keep in memory only
 
@@ -233,8 +233,17 @@ fn a_minimal_config_gets_the_spec_defaults() {
     assert!(c.ban.ignore.is_empty());
     assert_eq!(
         c.ban.strike_on,
-        [Outcome::UnknownSni, Outcome::NoSni, Outcome::NotTls]
+        [
+            Outcome::UnknownSni,
+            Outcome::NoSni,
+            Outcome::NotTls,
+            Outcome::UnknownHost,
+            Outcome::NoHost,
+            Outcome::NotHttp
+        ]
     );
+    assert!(c.http.listen.is_empty());
+    assert!(c.routes[0].http_backends.is_empty());
     assert_eq!(c.ban.ipv6_prefix, 64);
     assert_eq!(
         c.ban.state_file,
@@ -370,7 +379,7 @@ fn unknown_keys_everywhere_are_all_reported_with_suggestions() {
             (
                 2,
                 1,
-                "unknown key \"listen_on\" at top level; expected one of: listen, workers, splice, defer_accept, limits, tls, route, unknown, ban, rate_limit, metrics, admin, log"
+                "unknown key \"listen_on\" at top level; expected one of: listen, workers, splice, defer_accept, limits, tls, http, route, unknown, ban, rate_limit, metrics, admin, log"
             ),
             (
                 6,

@@ -15,8 +15,8 @@ use super::check::{Checker, or_list};
 use super::keys;
 use super::raw::{self, RawConfig, Source, Text, TextList};
 use super::{
-    AccessLog, AdminConfig, BanConfig, Config, Diagnostic, HostPattern, Limits, LogConfig,
-    LogFormat, MetricsConfig, ProxyProtocol, RateLimitConfig, Route, TlsPolicy,
+    AccessLog, AdminConfig, BanConfig, Config, Diagnostic, HostPattern, HttpConfig, Limits,
+    LogConfig, LogFormat, MetricsConfig, ProxyProtocol, RateLimitConfig, Route, TlsPolicy,
 };
 use crate::outcome::Outcome;
 
@@ -53,6 +53,7 @@ pub(super) fn build(src: &Source<'_>, raw: RawConfig, diags: &mut Vec<Diagnostic
     let fallback = c.fallback(&raw.unknown);
     let routes = c.routes(&raw, fallback.is_some());
     let metrics = c.metrics(&raw, &listen);
+    let http = c.http(&raw, &listen, metrics.listen);
     Config {
         listen,
         workers,
@@ -60,6 +61,7 @@ pub(super) fn build(src: &Source<'_>, raw: RawConfig, diags: &mut Vec<Diagnostic
         defer_accept: raw.top.defer_accept.unwrap_or(false),
         limits: c.limits(&raw.limits),
         tls: c.tls(&raw.tls),
+        http,
         routes,
         fallback,
         ban: c.ban(&raw.ban),
@@ -186,6 +188,7 @@ impl Checker<'_, '_> {
                 &format!("{path}.proxy_protocol"),
                 route.proxy_protocol.as_ref(),
             );
+            let http_backends = self.http_backends(&path, route.http_backends.as_ref());
             let (Some(first), Some(backends)) = (sni.first(), backends) else {
                 continue;
             };
@@ -201,6 +204,7 @@ impl Checker<'_, '_> {
                 sni,
                 backends,
                 proxy_protocol,
+                http_backends,
             });
         }
         routes
@@ -299,6 +303,52 @@ impl Checker<'_, '_> {
         }
     }
 
+    /// A route's `http_backends`: absent means none; if given, non-empty and
+    /// every address valid.
+    fn http_backends(&mut self, path: &str, raw: Option<&TextList>) -> Vec<SocketAddr> {
+        let Some(list) = raw else {
+            return Vec::new();
+        };
+        let path = format!("{path}.http_backends");
+        if list.get_ref().is_empty() {
+            let msg = format!(
+                "{path}: empty; give at least one address like [\"10.0.0.5:80\"], \
+                 or leave the key out (no plain HTTP for this route)"
+            );
+            self.err(list.span(), msg);
+        }
+        self.addr_list(&path, list)
+    }
+
+    /// `[http]`: its `listen` addresses, none of them also a TLS listener
+    /// or the metrics endpoint.
+    fn http(
+        &mut self,
+        raw: &RawConfig,
+        tls_listen: &[SocketAddr],
+        metrics: Option<SocketAddr>,
+    ) -> HttpConfig {
+        let Some(list) = &raw.http.listen else {
+            return HttpConfig::default();
+        };
+        let listen = self.addr_list("http.listen", list);
+        for item in list.get_ref() {
+            let Ok(addr) = item.get_ref().trim().parse::<SocketAddr>() else {
+                continue;
+            };
+            let clash = if tls_listen.contains(&addr) {
+                "the top-level listen (TLS); a listener serves one protocol"
+            } else if metrics == Some(addr) {
+                "the metrics endpoint (metrics.listen, default 127.0.0.1:9151)"
+            } else {
+                continue;
+            };
+            let msg = format!("http.listen: {addr} is also {clash}; use another port");
+            self.err(item.span(), msg);
+        }
+        HttpConfig { listen }
+    }
+
     fn fallback(&mut self, raw: &raw::RawUnknown) -> Option<Route> {
         #[derive(Clone, Copy, PartialEq)]
         enum Action {
@@ -323,6 +373,7 @@ impl Checker<'_, '_> {
                 sni: Vec::new(),
                 backends,
                 proxy_protocol,
+                http_backends: Vec::new(),
             });
         }
         let forward_only = [
@@ -368,7 +419,14 @@ impl Checker<'_, '_> {
                 .collect()
         });
         let strike_on = match &raw.strike_on {
-            None => vec![Outcome::UnknownSni, Outcome::NoSni, Outcome::NotTls],
+            None => vec![
+                Outcome::UnknownSni,
+                Outcome::NoSni,
+                Outcome::NotTls,
+                Outcome::UnknownHost,
+                Outcome::NoHost,
+                Outcome::NotHttp,
+            ],
             Some(list) => {
                 let mut outcomes = Vec::new();
                 for item in list.get_ref() {

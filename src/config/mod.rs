@@ -40,6 +40,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[tls]`.
     pub tls: TlsPolicy,
+    /// `[http]`: plain HTTP/1.x listeners routed by the `Host` header.
+    pub http: HttpConfig,
     /// `[[route]]` (at least one), in file order; route names are unique, SNI
     /// patterns are unique across routes.
     pub routes: Vec<Route>,
@@ -85,6 +87,16 @@ pub struct TlsPolicy {
     pub min_version: u16,
 }
 
+/// `[http]`: plain HTTP/1.x listeners, routed by the `Host` header of the
+/// first request to the matching route's `http_backends`.
+#[derive(Debug, Clone, Default)]
+pub struct HttpConfig {
+    /// `listen` (default empty: no plain-HTTP listener): addresses to accept
+    /// plain HTTP clients on, like the top-level `listen`. No duplicates, and
+    /// none of them in the top-level `listen` or `metrics.listen`.
+    pub listen: Vec<SocketAddr>,
+}
+
 /// One entry of a route's `sni` list, canonical (lower case, no trailing dot).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum HostPattern {
@@ -126,8 +138,14 @@ pub struct Route {
     /// `backend = "IP:PORT"` or `backends = [...]` (exactly one of them, required):
     /// at least one address, tried in order when one refuses.
     pub backends: Vec<SocketAddr>,
-    /// `proxy_protocol` (default "none"; "none", "v1" or "v2").
+    /// `proxy_protocol` (default "none"; "none", "v1" or "v2"): for TLS and
+    /// plain HTTP alike.
     pub proxy_protocol: ProxyProtocol,
+    /// `http_backends` (default empty; if given, at least one address): where
+    /// plain HTTP requests for the route's names go from `[http]` listeners,
+    /// tried in order like `backends`. Empty: on `[http]` listeners the
+    /// route's names are unknown hosts. Always empty for the fallback.
+    pub http_backends: Vec<SocketAddr>,
 }
 
 /// `[ban]`: fail2ban-style strikes and bans.
@@ -144,8 +162,9 @@ pub struct BanConfig {
     /// `ignore` (default empty): never struck, banned nor rate-limited; bare
     /// addresses become /32 or /128, host bits are cleared.
     pub ignore: Vec<IpNet>,
-    /// `strike_on` (default unknown_sni, no_sni, not_tls; also possible: timeout,
-    /// policy, too_large): outcomes that count as a strike. No duplicates.
+    /// `strike_on` (default unknown_sni, no_sni, not_tls, unknown_host,
+    /// no_host, not_http; also possible: timeout, policy, too_large): outcomes
+    /// that count as a strike. No duplicates.
     pub strike_on: Vec<Outcome>,
     /// `ipv6_prefix` (default 64, 1..=128): IPv6 clients are struck and banned per this prefix.
     pub ipv6_prefix: u8,

@@ -75,6 +75,16 @@ pub(super) struct RawRoute {
     pub backends: Option<TextList>,
     /// Default "none".
     pub proxy_protocol: Option<Text>,
+    /// Default empty: no plain HTTP for this route.
+    pub http_backends: Option<TextList>,
+}
+
+/// `[http]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHttp {
+    /// Default empty: no plain-HTTP listener.
+    pub listen: Option<TextList>,
 }
 
 /// `[unknown]`
@@ -105,7 +115,7 @@ pub(super) struct RawBan {
     pub ban_time: Option<Text>,
     /// Default empty.
     pub ignore: Option<TextList>,
-    /// Default `["unknown_sni", "no_sni", "not_tls"]`.
+    /// Default `["unknown_sni", "no_sni", "not_tls", "unknown_host", "no_host", "not_http"]`.
     pub strike_on: Option<TextList>,
     /// Default 64.
     pub ipv6_prefix: Option<Int>,
@@ -158,6 +168,7 @@ pub(super) struct RawConfig {
     pub top_failed: bool,
     pub limits: RawLimits,
     pub tls: RawTls,
+    pub http: RawHttp,
     /// Routes that deserialized, with the span of their `[[route]]` header, and
     /// their 1-based position among all routes of the file.
     pub routes: Vec<(usize, Spanned<RawRoute>)>,
@@ -172,9 +183,10 @@ pub(super) struct RawConfig {
 }
 
 /// The top-level keys that hold a table (`route` an array of tables).
-pub(super) const SECTIONS: [&str; 9] = [
+pub(super) const SECTIONS: [&str; 10] = [
     "limits",
     "tls",
+    "http",
     "route",
     "unknown",
     "ban",
@@ -252,6 +264,7 @@ pub(super) fn parse(src: &Source<'_>, diags: &mut Vec<Diagnostic>) -> Option<Raw
         match key.get_ref().as_ref() {
             "limits" => raw.limits = section.parse(value, diags).unwrap_or_default(),
             "tls" => raw.tls = section.parse(value, diags).unwrap_or_default(),
+            "http" => raw.http = section.parse(value, diags).unwrap_or_default(),
             "route" => parse_routes(src, value, &mut raw, diags),
             "unknown" => raw.unknown = section.parse(value, diags).unwrap_or_default(),
             "ban" => raw.ban = section.parse(value, diags).unwrap_or_default(),
@@ -373,10 +386,10 @@ impl<'s, 'a> Section<'s, 'a> {
             (p, Some(k)) => format!("{p}.{k}"),
             (p, None) => p.to_string(),
         };
-        let key_kind = if path == "metrics.listen" {
-            "backend"
-        } else {
-            key.unwrap_or("")
+        let key_kind = match path.as_str() {
+            "metrics.listen" => "backend",
+            "http.listen" => "http.listen",
+            _ => key.unwrap_or(""),
         };
         let found_expected = message
             .strip_prefix("invalid type: ")
@@ -393,7 +406,8 @@ impl<'s, 'a> Section<'s, 'a> {
 }
 
 /// What a key's value looks like, for type errors (by key name: the same name
-/// means the same kind of value in every section; `metrics.listen` is asked as `backend`).
+/// means the same kind of value in every section; `metrics.listen` is asked as
+/// `backend`, `http.listen` by its path).
 fn expectation(key: &str) -> Option<&'static str> {
     Some(match key {
         "client_hello_timeout"
@@ -403,8 +417,10 @@ fn expectation(key: &str) -> Option<&'static str> {
         | "find_time"
         | "ban_time" => "a quoted duration like \"500ms\", \"5s\", \"10m\", \"1h\", \"365d\"",
         "listen" => "an array of addresses like [\"0.0.0.0:443\", \"[::]:443\"]",
+        "http.listen" => "an array of addresses like [\"0.0.0.0:80\", \"[::]:80\"]",
         "backend" => "a quoted address \"IP:PORT\" (IPv6 in brackets)",
         "backends" => "an array of addresses like [\"10.0.0.6:443\", \"10.0.0.7:443\"]",
+        "http_backends" => "an array of addresses like [\"10.0.0.6:80\", \"10.0.0.7:80\"]",
         "sni" => "an array of host names like [\"myapp.example.org\", \"*.example.org\"]",
         "ignore" => "an array of addresses or CIDRs like [\"192.0.2.10\", \"2001:db8::/48\"]",
         "strike_on" => "an array of outcomes like [\"unknown_sni\", \"no_sni\", \"not_tls\"]",
