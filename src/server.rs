@@ -230,22 +230,22 @@ async fn start_metrics(config: &Config) -> anyhow::Result<Option<JoinHandle<()>>
     Ok(Some(tokio::spawn(crate::metrics::serve(listener, handle))))
 }
 
-/// Accept loops by configured address.
+/// Accept loops by configured address and protocol (port 0 may be
+/// configured for both).
 #[derive(Default)]
 struct Accepting {
-    loops: HashMap<SocketAddr, AcceptLoop>,
+    loops: HashMap<(SocketAddr, Protocol), AcceptLoop>,
 }
 
 struct AcceptLoop {
     listener: Arc<AsyncFd<std::net::TcpListener>>,
-    protocol: Protocol,
     stop: watch::Sender<bool>,
     _task: JoinHandle<()>,
 }
 
 impl Accepting {
     /// Starts accepting `protocol` clients on `listener` (registered with
-    /// the reactor), in place of any loop on `addr`.
+    /// the reactor).
     fn start(
         &mut self,
         addr: SocketAddr,
@@ -262,24 +262,23 @@ impl Accepting {
         ));
         let accept_loop = AcceptLoop {
             listener,
-            protocol,
             stop,
             _task: task,
         };
-        if let Some(old) = self.loops.insert(addr, accept_loop) {
+        if let Some(old) = self.loops.insert((addr, protocol), accept_loop) {
             let _ = old.stop.send(true);
         }
     }
 
-    fn stop(&mut self, addr: &SocketAddr) {
-        if let Some(accept_loop) = self.loops.remove(addr) {
+    fn stop(&mut self, key: &(SocketAddr, Protocol)) {
+        if let Some(accept_loop) = self.loops.remove(key) {
             let _ = accept_loop.stop.send(true);
         }
     }
 
     /// Applies `defer_accept` to every listener (new ones have it already).
     fn set_defer_accept(&self, on: bool) -> Result<(), String> {
-        for (addr, accept_loop) in &self.loops {
+        for ((addr, _), accept_loop) in &self.loops {
             crate::sys::set_defer_accept(accept_loop.listener.get_ref(), on)
                 .map_err(|e| format!("cannot set defer_accept on {addr}: {e}"))?;
         }
@@ -287,9 +286,9 @@ impl Accepting {
     }
 
     fn stop_all(&mut self) {
-        let addrs: Vec<SocketAddr> = self.loops.keys().copied().collect();
-        for addr in addrs {
-            self.stop(&addr);
+        let keys: Vec<_> = self.loops.keys().copied().collect();
+        for key in keys {
+            self.stop(&key);
         }
     }
 }
@@ -333,37 +332,43 @@ impl Accepting {
         defer_accept: bool,
         shared: &Arc<Shared>,
     ) -> Result<(), String> {
-        let mut new_listeners = Vec::new();
+        let mut new_loops = Vec::new();
         for &(addr, protocol) in listen {
-            if !self.loops.contains_key(&addr) {
-                let l = listener::bind(addr, defer_accept)
-                    .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-                let l = crate::sys::register_listener(l)
-                    .map_err(|e| format!("cannot register listener {addr}: {e}"))?;
-                new_listeners.push((addr, protocol, Arc::new(l)));
+            if self.loops.contains_key(&(addr, protocol)) {
+                continue;
             }
-        }
-        for (addr, protocol, l) in new_listeners {
-            self.start(addr, protocol, l, shared);
-        }
-        for &(addr, protocol) in listen {
+            let other = match protocol {
+                Protocol::Tls => Protocol::Http,
+                Protocol::Http => Protocol::Tls,
+            };
             let moved = self
                 .loops
-                .get(&addr)
-                .filter(|l| l.protocol != protocol)
+                .get(&(addr, other))
+                .filter(|_| addr.port() != 0)
                 .map(|l| Arc::clone(&l.listener));
-            if let Some(l) = moved {
-                self.start(addr, protocol, l, shared);
-            }
+            let l = match moved {
+                Some(l) => l,
+                None => {
+                    let l = listener::bind(addr, defer_accept)
+                        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+                    let l = crate::sys::register_listener(l)
+                        .map_err(|e| format!("cannot register listener {addr}: {e}"))?;
+                    Arc::new(l)
+                }
+            };
+            new_loops.push((addr, protocol, l));
         }
-        let gone: Vec<SocketAddr> = self
+        let gone: Vec<(SocketAddr, Protocol)> = self
             .loops
             .keys()
-            .filter(|a| !listen.iter().any(|(addr, _)| addr == *a))
+            .filter(|key| !listen.contains(key))
             .copied()
             .collect();
-        for addr in &gone {
-            self.stop(addr);
+        for key in &gone {
+            self.stop(key);
+        }
+        for (addr, protocol, l) in new_loops {
+            self.start(addr, protocol, l, shared);
         }
         Ok(())
     }

@@ -333,7 +333,14 @@ impl Checker<'_, '_> {
         };
         let listen = self.addr_list("http.listen", list);
         for item in list.get_ref() {
-            let Ok(addr) = item.get_ref().trim().parse::<SocketAddr>() else {
+            // Port 0 asks the kernel for a free port: no clash.
+            let Some(addr) = item
+                .get_ref()
+                .trim()
+                .parse::<SocketAddr>()
+                .ok()
+                .filter(|a| a.port() != 0)
+            else {
                 continue;
             };
             let clash = if tls_listen.contains(&addr) {
