@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sniroute::clienthello::{self, Verdict};
-use sniroute::config::{BanConfig, HostPattern, ProxyProtocol, RateLimitConfig, Route};
+use sniroute::config::{BanConfig, HostPattern, RateLimitConfig, Route};
 use sniroute::guard::Guard;
 use sniroute::hostname::HostName;
 use sniroute::outcome::Outcome;
@@ -81,16 +81,14 @@ fn host(name: &str) -> HostName {
 /// Route `i`: one exact name and one wildcard, as a config with many sites
 /// would have them.
 fn route(i: usize) -> Route {
-    Route {
-        name: format!("host{i}.example.org"),
-        sni: vec![
+    Route::new(
+        format!("host{i}.example.org"),
+        vec![
             HostPattern::Exact(host(&format!("host{i}.example.org"))),
             HostPattern::Wildcard(host(&format!("w{i}.example.net"))),
         ],
-        backends: vec!["127.0.0.1:443".parse().expect("literal address")],
-        proxy_protocol: ProxyProtocol::None,
-        http_backends: Vec::new(),
-    }
+        vec!["127.0.0.1:443".parse().expect("literal address")],
+    )
 }
 
 fn lookup(c: &mut Criterion) {

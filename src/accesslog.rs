@@ -29,6 +29,8 @@ pub struct Entry {
     pub backend: Option<SocketAddr>,
     pub up: u64,
     pub down: u64,
+    /// The first ALPN id the hello offered (as sent: client-chosen bytes).
+    pub alpn: Option<String>,
 }
 
 enum Message {
@@ -158,10 +160,12 @@ struct JsonLine<'a> {
     up: u64,
     down: u64,
     ms: u128,
+    alpn: Option<&'a str>,
 }
 
 /// One line, newline included. The client address is the second text field
-/// so the fail2ban filter `^\S+ <HOST>:\d+ outcome=...` matches.
+/// so the fail2ban filter `^\S+ <HOST>:\d+ outcome=...` matches; fields
+/// added later (`alpn=`) go at the end so existing parsers keep working.
 pub fn format_line(
     format: LogFormat,
     now: SystemTime,
@@ -182,11 +186,12 @@ pub fn format_line(
                 .map_or_else(|| "-".to_owned(), |b| b.to_string());
             let _ = writeln!(
                 line,
-                "{time} {peer} outcome={outcome} sni={} route={} backend={backend} up={} down={} ms={ms}",
+                "{time} {peer} outcome={outcome} sni={} route={} backend={backend} up={} down={} ms={ms} alpn={}",
                 dash(entry.sni.as_deref()),
                 dash(entry.route.as_deref()),
                 entry.up,
                 entry.down,
+                entry.alpn.as_deref().map_or_else(|| "-".to_owned(), escape),
             );
             line
         }
@@ -201,12 +206,31 @@ pub fn format_line(
                 up: entry.up,
                 down: entry.down,
                 ms,
+                alpn: entry.alpn.as_deref(),
             };
             let mut line = serde_json::to_string(&json).unwrap_or_default();
             line.push('\n');
             line
         }
     }
+}
+
+/// A client-chosen word made safe for a space-separated line: bytes outside
+/// printable ASCII, spaces and backslashes become `\xNN`, and `-` alone
+/// (which reads as "none") becomes `\x2d`.
+fn escape(word: &str) -> String {
+    if word == "-" {
+        return "\\x2d".to_owned();
+    }
+    let mut out = String::with_capacity(word.len());
+    for &b in word.as_bytes() {
+        if b.is_ascii_graphic() && b != b'\\' {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -230,8 +254,38 @@ mod tests {
         );
         assert_eq!(
             line,
-            "2021-10-10T15:55:36.123Z 203.0.113.7:51234 outcome=unknown_sni sni=dumb.example.org route=- backend=- up=0 down=0 ms=3\n"
+            "2021-10-10T15:55:36.123Z 203.0.113.7:51234 outcome=unknown_sni sni=dumb.example.org route=- backend=- up=0 down=0 ms=3 alpn=-\n"
         );
+    }
+
+    #[test]
+    fn alpn_is_last_and_escaped() {
+        let entry = Entry {
+            alpn: Some("h2 x=\\\n\u{e9}".into()),
+            ..Entry::default()
+        };
+        let line = |entry: &Entry| {
+            format_line(
+                LogFormat::Text,
+                SystemTime::UNIX_EPOCH,
+                "192.0.2.1:1".parse().unwrap(),
+                Outcome::Denied,
+                entry,
+                Duration::ZERO,
+            )
+        };
+        assert!(
+            line(&entry).ends_with(" ms=0 alpn=h2\\x20x=\\x5c\\x0a\\xc3\\xa9\n"),
+            "{}",
+            line(&entry)
+        );
+        let entry = Entry {
+            alpn: Some("acme-tls/1".into()),
+            ..Entry::default()
+        };
+        assert!(line(&entry).ends_with(
+            "outcome=denied sni=- route=- backend=- up=0 down=0 ms=0 alpn=acme-tls/1\n"
+        ));
     }
 
     #[test]
@@ -242,6 +296,7 @@ mod tests {
             backend: Some("10.0.0.5:443".parse().unwrap()),
             up: 5230,
             down: 88213,
+            alpn: Some("h2".into()),
         };
         let line = format_line(
             LogFormat::Json,
@@ -258,5 +313,6 @@ mod tests {
         assert_eq!(v["up"], 5230);
         assert_eq!(v["ms"], 61234);
         assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["alpn"], "h2");
     }
 }

@@ -1,9 +1,9 @@
 //! The story of one client connection, from accept to close, and its single
 //! [`Outcome`]: read the head (the TLS ClientHello, or on `[http]` listeners
-//! the HTTP request head) and pick the route from it, connect, replay the
-//! head, relay. Only the first step knows the [`Protocol`]. Every early exit
-//! is an `Err(Outcome)`; [`finish`] writes the one log line, the one metric
-//! update and the strike.
+//! the HTTP request head) and pick the route from it, check its `allow`
+//! list, connect, replay the head, relay. Only the first step knows the
+//! [`Protocol`]. Every early exit is an `Err(Outcome)`; [`finish`] writes the
+//! one log line, the one metric update and the strike.
 //!
 //! The client socket reaches [`start`] unregistered: if its head is already
 //! there (always with `defer_accept`), a refusal costs accept + read + close,
@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::accesslog::Entry;
 use crate::clienthello::ClientHello;
-use crate::config::ProxyProtocol;
+use crate::config::{ProxyProtocol, Route};
 use crate::forward::{self, RelayOptions};
 use crate::httphead::{self, Request};
 use crate::outcome::Outcome;
@@ -120,6 +120,7 @@ async fn serve(
     };
     let (route, meters) = snapshot.route(index).ok_or(Outcome::UnknownSni)?;
     entry.route = Some(route.name.clone());
+    allowed(route, peer)?;
 
     let backends = match protocol {
         Protocol::Tls => &route.backends,
@@ -211,13 +212,23 @@ fn register(client: std::net::TcpStream) -> Result<TcpStream, Outcome> {
     TcpStream::from_std(client).map_err(|_| Outcome::Overloaded)
 }
 
-/// The route for `hello`, after the version policy; notes the SNI in `entry`.
+/// The route for `hello`, after the version policy; notes the SNI and the
+/// first ALPN id offered in `entry`.
 fn choose(snapshot: &Snapshot, hello: ClientHello, entry: &mut Entry) -> Result<usize, Outcome> {
     entry.sni = hello.sni.as_ref().map(|name| name.as_str().to_owned());
+    entry.alpn = hello.alpn.first().cloned();
     if hello.max_version < snapshot.config.tls.min_version {
         return Err(Outcome::Policy);
     }
-    snapshot.routes.pick(hello.sni.as_ref())
+    snapshot.routes.pick(hello.sni.as_ref(), &hello.alpn)
+}
+
+/// The route's `allow` list: a source outside it ends `denied`.
+fn allowed(route: &Route, peer: SocketAddr) -> Result<(), Outcome> {
+    match &route.allow {
+        Some(allow) if !allow.contains(peer.ip()) => Err(Outcome::Denied),
+        _ => Ok(()),
+    }
 }
 
 /// The route for an HTTP request's host: one with `http_backends`; notes

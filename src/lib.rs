@@ -4,7 +4,9 @@
 //! - `config`: file -> typed [`config::Config`], every error with its place;
 //! - `clienthello`: PURE bytes -> verdict; `httphead`: the same for a plain
 //!   HTTP/1.x request head (`[http]` listeners); `peek`: read either off a socket;
-//! - `routes`: name -> route; `guard`: strikes, bans, rate limits;
+//! - `routes`: name (+ ALPN) -> route; `cidr`: a route's `allow` set;
+//!   `balance`: a route's backend pool (policy, health, checks);
+//! - `guard`: strikes, bans, rate limits;
 //! - `listener`: accept loops; `conn`: one connection, start to end;
 //! - `forward`: backend connect and the two-way relay (splice on Linux);
 //! - `shared`: the state below listeners, connections and the admin socket;
@@ -17,6 +19,7 @@
 
 pub mod accesslog;
 pub mod admin;
+pub mod cidr;
 pub mod clienthello;
 pub mod config;
 pub mod conn;

@@ -38,11 +38,13 @@ pub enum Outcome {
     Overloaded,
     /// No backend of the route accepted the connection.
     BackendError,
+    /// The route's `allow` list does not hold the source address.
+    Denied,
 }
 
 impl Outcome {
     /// Every outcome, in a fixed order (for pre-registered metrics).
-    pub const ALL: [Outcome; 14] = [
+    pub const ALL: [Outcome; 15] = [
         Outcome::Routed,
         Outcome::UnknownSni,
         Outcome::NoSni,
@@ -57,11 +59,12 @@ impl Outcome {
         Outcome::RateLimited,
         Outcome::Overloaded,
         Outcome::BackendError,
+        Outcome::Denied,
     ];
 
     /// The outcomes `ban.strike_on` accepts: ones a client causes before
     /// routing (also the `reason` labels of `sniroute_strikes_total`).
-    pub const STRIKABLE: [Outcome; 9] = [
+    pub const STRIKABLE: [Outcome; 10] = [
         Outcome::UnknownSni,
         Outcome::NoSni,
         Outcome::NotTls,
@@ -71,6 +74,7 @@ impl Outcome {
         Outcome::Timeout,
         Outcome::Policy,
         Outcome::TooLarge,
+        Outcome::Denied,
     ];
 
     /// The word used in logs, metrics and config (`ban.strike_on`).
@@ -90,6 +94,7 @@ impl Outcome {
             Outcome::RateLimited => "rate_limited",
             Outcome::Overloaded => "overloaded",
             Outcome::BackendError => "backend_error",
+            Outcome::Denied => "denied",
         }
     }
 

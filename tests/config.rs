@@ -800,3 +800,109 @@ fn garbage_never_panics() {
         let _ = config::parse_str(text);
     }
 }
+
+#[test]
+fn route_policy_keys_are_typed() {
+    let c = parse(&with(
+        "[[route]]\nsni = [\"a.example.org\"]\nalpn = [\"acme-tls/1\"]\nbackends = [\"10.0.0.6:443\", \"10.0.0.7:443\"]\n\
+         allow = [\"198.51.100.7/24\", \"2001:db8:1::/48\", \"192.0.2.1\"]\nbalance = \"round_robin\"\n\
+         [route.health_check]\ninterval = \"2s\"\nfall = 4\n",
+    ));
+    let plain = &c.routes[0];
+    assert!(plain.allow.is_none() && plain.alpn.is_empty() && plain.health_check.is_none());
+    assert_eq!(plain.balance, config::Balance::First);
+    let r = &c.routes[1];
+    assert_eq!(r.name, "a.example.org[acme-tls/1]");
+    assert_eq!(r.alpn, ["acme-tls/1"]);
+    let allow = r.allow.as_ref().unwrap();
+    assert_eq!(allow.nets().len(), 3);
+    assert!(allow.contains("198.51.100.200".parse().unwrap()));
+    assert!(!allow.contains("198.51.101.1".parse().unwrap()));
+    assert_eq!(r.balance, config::Balance::RoundRobin);
+    let hc = r.health_check.unwrap();
+    assert_eq!(
+        (hc.interval, hc.timeout, hc.fall, hc.rise),
+        (Duration::from_secs(2), Duration::from_secs(1), 4, 2)
+    );
+    let summary = c.summary();
+    assert!(summary.contains("alpn acme-tls/1"), "{summary}");
+    assert!(summary.contains("allow 3 networks"), "{summary}");
+    assert!(summary.contains("round_robin"), "{summary}");
+    assert!(summary.contains("health check every 2s"), "{summary}");
+    // The default `balance` and an empty health-check table.
+    let c = parse(&with(
+        "[[route]]\nsni = [\"b\"]\nbackend = \"10.0.0.6:443\"\nbalance = \"least_connections\"\n[route.health_check]\n",
+    ));
+    assert_eq!(c.routes[1].balance, config::Balance::LeastConnections);
+    let hc = c.routes[1].health_check.unwrap();
+    assert_eq!(
+        (hc.interval, hc.timeout, hc.fall, hc.rise),
+        (Duration::from_secs(5), Duration::from_secs(1), 3, 2)
+    );
+}
+
+#[test]
+fn bad_route_policy_keys_point_at_the_value() {
+    let cases = [
+        (
+            "[[route]]\nsni = [\"b\"]\nbackend = \"10.0.0.6:443\"\nallow = [\"10.0.0.0/33\"]\n",
+            (8, 10),
+            "route[2].allow: invalid address or CIDR \"10.0.0.0/33\"",
+        ),
+        (
+            "[[route]]\nsni = [\"b\"]\nbackend = \"10.0.0.6:443\"\nallow = []\n",
+            (8, 9),
+            "route[2].allow: empty",
+        ),
+        (
+            "[[route]]\nsni = [\"b\"]\nbackend = \"10.0.0.6:443\"\nbalance = \"random\"\n",
+            (8, 11),
+            "route[2].balance: unknown value \"random\" (expected \"first\", \"round_robin\" or \"least_connections\")",
+        ),
+        (
+            "[[route]]\nsni = [\"b\"]\nbackend = \"10.0.0.6:443\"\nalpn = [\"h2\", \"a b\"]\n",
+            (8, 15),
+            "route[2].alpn: invalid ALPN id \"a b\"",
+        ),
+        (
+            "[[route]]\nsni = [\"b\"]\nbackend = \"10.0.0.6:443\"\nalpn = []\n",
+            (8, 8),
+            "route[2].alpn: empty",
+        ),
+        (
+            "[[route]]\nsni = [\"b\"]\nbackend = \"10.0.0.6:443\"\n[route.health_check]\nfall = 0\n",
+            (9, 8),
+            "route[2].health_check.fall: 0 is out of range (expected from 1 to 100)",
+        ),
+        (
+            "[[route]]\nsni = [\"b\"]\nbackend = \"10.0.0.6:443\"\n[route.health_check]\ninterval = \"0s\"\n",
+            (9, 12),
+            "route[2].health_check.interval: must be longer than zero",
+        ),
+        (
+            "[[route]]\nsni = [\"b\"]\nbackend = \"10.0.0.6:443\"\n[route.health_check]\nintervall = \"1s\"\n",
+            (9, 1),
+            "unknown key \"intervall\" in [route.health_check] of [[route]] #2 (did you mean \"interval\"?)",
+        ),
+        // The same name twice needs different ALPN lists.
+        (
+            "[[route]]\nsni = [\"a.example.org\"]\nalpn = [\"h2\"]\nbackend = \"10.0.0.6:443\"\n\
+             [[route]]\nsni = [\"a.example.org\"]\nalpn = [\"http/1.1\", \"h2\"]\nbackend = \"10.0.0.6:443\"\n",
+            (10, 8),
+            "route[3].sni: \"a.example.org\" with ALPN \"h2\" is already served by route[2]",
+        ),
+    ];
+    for (extra, at, want) in cases {
+        let (line, col, msg) = only_error(&with(extra));
+        assert!(msg.starts_with(want), "{extra:?}: {msg}");
+        assert_eq!((line, col), at, "{extra:?}: {msg}");
+    }
+    let too_many: Vec<String> = (1..=65).map(|p| format!("\"10.0.0.1:{p}\"")).collect();
+    let (_, _, msg) = only_error(&with(&format!(
+        "[[route]]\nsni = [\"b\"]\nbackends = [{}]\n",
+        too_many.join(", ")
+    )));
+    assert!(msg.contains("at most 64"), "{msg}");
+    assert!(Outcome::STRIKABLE.contains(&Outcome::Denied));
+    assert!(!parse(MINIMAL).ban.strike_on.contains(&Outcome::Denied));
+}

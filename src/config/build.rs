@@ -15,9 +15,11 @@ use super::check::{Checker, or_list};
 use super::keys;
 use super::raw::{self, RawConfig, Source, Text, TextList};
 use super::{
-    AccessLog, AdminConfig, BanConfig, Config, Diagnostic, HostPattern, HttpConfig, Limits,
-    LogConfig, LogFormat, MetricsConfig, ProxyProtocol, RateLimitConfig, Route, TlsPolicy,
+    AccessLog, AdminConfig, Balance, BanConfig, Config, Diagnostic, HealthCheck, HostPattern,
+    HttpConfig, Limits, LogConfig, LogFormat, MetricsConfig, ProxyProtocol, RateLimitConfig, Route,
+    TlsPolicy,
 };
+use crate::cidr::CidrSet;
 use crate::outcome::Outcome;
 
 /// `max_client_hello` lower bound: a real ClientHello with SNI and today's
@@ -30,6 +32,12 @@ const MAX_CLIENT_HELLO: i64 = 65_536;
 const MAX_WORKERS: i64 = 1024;
 /// What `workers = 0` becomes when the core count cannot be read.
 const FALLBACK_WORKERS: usize = 1;
+/// Most backends of one route: the balancer keeps which ones a connection
+/// tried in a 64-bit mask (no allocation per connection); far above any
+/// real pool behind one name.
+pub(crate) const MAX_BACKENDS: usize = 64;
+/// Longest ALPN id: RFC 7301 gives it a one-byte length.
+const MAX_ALPN_ID: usize = 255;
 /// The route name used for `[unknown] action = "forward"`.
 const FALLBACK_NAME: &str = "unknown";
 
@@ -177,7 +185,14 @@ impl Checker<'_, '_> {
             let path = format!("route[{n}]");
             let header = route.span();
             let route = route.get_ref();
-            let sni = self.sni(&path, header.clone(), route.sni.as_ref(), *n, &mut owners);
+            let alpn = self.alpn(&path, route.alpn.as_ref());
+            let sni = self.sni(
+                &path,
+                header.clone(),
+                route.sni.as_ref(),
+                (*n, &alpn),
+                &mut owners,
+            );
             let backends = self.backends(
                 &path,
                 header.clone(),
@@ -189,10 +204,45 @@ impl Checker<'_, '_> {
                 route.proxy_protocol.as_ref(),
             );
             let http_backends = self.http_backends(&path, route.http_backends.as_ref());
+            let allow = route.allow.as_ref().map(|list| {
+                let nets: Vec<_> = list
+                    .get_ref()
+                    .iter()
+                    .filter_map(|item| self.cidr(&format!("{path}.allow"), item))
+                    .collect();
+                if list.get_ref().is_empty() {
+                    let msg = format!(
+                        "{path}.allow: empty, which would refuse every client; \
+                         remove the key to allow every source"
+                    );
+                    self.err(list.span(), msg);
+                }
+                CidrSet::new(&nets)
+            });
+            let balance = self.balance(&format!("{path}.balance"), route.balance.as_ref());
+            let health_check = route
+                .health_check
+                .as_ref()
+                .map(|raw| self.health_check(&format!("{path}.health_check"), raw.get_ref()));
             let (Some(first), Some(backends)) = (sni.first(), backends) else {
                 continue;
             };
-            let name = first.to_string();
+            if backends.len() > MAX_BACKENDS {
+                let at = route
+                    .backends
+                    .as_ref()
+                    .map_or(header.clone(), Spanned::span);
+                let msg = format!(
+                    "{path}.backends: {} addresses; a route holds at most {MAX_BACKENDS}",
+                    backends.len()
+                );
+                self.err(at, msg);
+            }
+            // Routes sharing a name differ by ALPN; the label says which.
+            let name = match alpn.first() {
+                None => first.to_string(),
+                Some(id) => format!("{first}[{id}]"),
+            };
             if forwarding && name == FALLBACK_NAME {
                 let msg = format!(
                     "{path}: the route name \"unknown\" is taken by [unknown] action = \"forward\""
@@ -205,22 +255,28 @@ impl Checker<'_, '_> {
                 backends,
                 proxy_protocol,
                 http_backends,
+                allow,
+                alpn,
+                balance,
+                health_check,
             });
         }
         routes
     }
 
     /// A route's `sni` list: required, non-empty, each pattern owned by one
-    /// route only (`owners`: pattern -> route number); a repeat is an error at
-    /// its second place.
+    /// route only per ALPN id (`owners`: (pattern, ALPN id or none) -> route
+    /// number; `route` = this route's number and ALPN list); a repeat is an
+    /// error at its second place.
     fn sni(
         &mut self,
         path: &str,
         header: Range<usize>,
         raw: Option<&TextList>,
-        n: usize,
-        owners: &mut HashMap<HostPattern, usize>,
+        route: (usize, &[String]),
+        owners: &mut HashMap<(HostPattern, Option<String>), usize>,
     ) -> Vec<HostPattern> {
+        let (n, alpn) = route;
         let Some(list) = raw else {
             let msg = format!(
                 "{path}: missing \"sni\": the names this route serves, like sni = [\"myapp.example.org\"]"
@@ -234,27 +290,107 @@ impl Checker<'_, '_> {
                 format!("{path}.sni: empty; give at least one name"),
             );
         }
+        let keys: Vec<Option<String>> = if alpn.is_empty() {
+            vec![None]
+        } else {
+            alpn.iter().cloned().map(Some).collect()
+        };
         let mut patterns = Vec::new();
         for item in list.get_ref() {
             let Some(pattern) = self.pattern(&format!("{path}.sni"), item) else {
                 continue;
             };
             let text = pattern.to_string();
-            match owners.get(&pattern) {
-                Some(&m) if m == n => {
+            let taken = keys.iter().find_map(|key| {
+                let owner = *owners.get(&(pattern.clone(), key.clone()))?;
+                Some((owner, key))
+            });
+            match taken {
+                Some((m, _)) if m == n => {
                     self.err(item.span(), format!("{path}.sni: {text:?} is listed twice"))
                 }
-                Some(&m) => {
-                    let msg = format!("{path}.sni: {text:?} is already served by route[{m}]");
+                Some((m, key)) => {
+                    let with = key
+                        .as_ref()
+                        .map_or_else(String::new, |id| format!(" with ALPN {id:?}"));
+                    let msg = format!(
+                        "{path}.sni: {text:?}{with} is already served by route[{m}] \
+                         (routes may share a name only with different alpn lists)"
+                    );
                     self.err(item.span(), msg);
                 }
                 None => {
-                    owners.insert(pattern.clone(), n);
+                    for key in &keys {
+                        owners.insert((pattern.clone(), key.clone()), n);
+                    }
                     patterns.push(pattern);
                 }
             }
         }
         patterns
+    }
+
+    /// A route's `alpn` list: ids as a client sends them, no repeats.
+    fn alpn(&mut self, path: &str, raw: Option<&TextList>) -> Vec<String> {
+        let Some(list) = raw else {
+            return Vec::new();
+        };
+        let path = format!("{path}.alpn");
+        if list.get_ref().is_empty() {
+            let msg = format!("{path}: empty; remove the key for a route whatever the ALPN");
+            self.err(list.span(), msg);
+        }
+        let mut ids: Vec<String> = Vec::new();
+        for item in list.get_ref() {
+            let id = item.get_ref();
+            let printable = id.bytes().all(|b| b.is_ascii_graphic());
+            if id.is_empty() || id.len() > MAX_ALPN_ID || !printable {
+                let msg = format!(
+                    "{path}: invalid ALPN id {id:?} (expected 1 to {MAX_ALPN_ID} printable \
+                     characters without spaces, like \"h2\", \"http/1.1\" or \"acme-tls/1\")"
+                );
+                self.err(item.span(), msg);
+            } else if ids.contains(id) {
+                self.err(item.span(), format!("{path}: {id:?} is listed twice"));
+            } else {
+                ids.push(id.clone());
+            }
+        }
+        ids
+    }
+
+    fn balance(&mut self, path: &str, raw: Option<&Text>) -> Balance {
+        let choices = [
+            ("first", Balance::First),
+            ("round_robin", Balance::RoundRobin),
+            ("least_connections", Balance::LeastConnections),
+        ];
+        self.word(path, raw, Balance::First, &choices)
+    }
+
+    fn health_check(&mut self, path: &str, raw: &raw::RawHealthCheck) -> HealthCheck {
+        let count = |c: &mut Self, key: &str, value: Option<&raw::Int>, default: u32| {
+            let n = c.int(&format!("{path}.{key}"), value, default.into(), 1..=100, "");
+            u32::try_from(n).unwrap_or(default)
+        };
+        let fall = count(self, "fall", raw.fall.as_ref(), 3);
+        let rise = count(self, "rise", raw.rise.as_ref(), 2);
+        HealthCheck {
+            interval: self.duration(
+                &format!("{path}.interval"),
+                raw.interval.as_ref(),
+                Duration::from_secs(5),
+                false,
+            ),
+            timeout: self.duration(
+                &format!("{path}.timeout"),
+                raw.timeout.as_ref(),
+                Duration::from_secs(1),
+                false,
+            ),
+            fall,
+            rise,
+        }
     }
 
     fn proxy_protocol(&mut self, path: &str, raw: Option<&Text>) -> ProxyProtocol {
@@ -376,11 +512,8 @@ impl Checker<'_, '_> {
             let backends =
                 self.backends("unknown", at, raw.backend.as_ref(), raw.backends.as_ref())?;
             return Some(Route {
-                name: FALLBACK_NAME.to_string(),
-                sni: Vec::new(),
-                backends,
                 proxy_protocol,
-                http_backends: Vec::new(),
+                ..Route::new(FALLBACK_NAME.to_string(), Vec::new(), backends)
             });
         }
         let forward_only = [

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::cidr::CidrSet;
 use crate::hostname::HostName;
 use crate::outcome::Outcome;
 
@@ -42,8 +43,8 @@ pub struct Config {
     pub tls: TlsPolicy,
     /// `[http]`: plain HTTP/1.x listeners routed by the `Host` header.
     pub http: HttpConfig,
-    /// `[[route]]` (at least one), in file order; route names are unique, SNI
-    /// patterns are unique across routes.
+    /// `[[route]]` (at least one), in file order; route names are unique, an
+    /// SNI pattern belongs to one route per ALPN id (or to one route without `alpn`).
     pub routes: Vec<Route>,
     /// `[unknown]`: where a valid hello with an unknown or missing SNI goes.
     /// `None` = `action = "reject"` (the default); `Some` = `action = "forward"`,
@@ -127,6 +128,31 @@ pub enum ProxyProtocol {
     V2,
 }
 
+/// `balance` of a route: which backend a new connection tries first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// `"first"` (the default): in the order written, the next on failure.
+    First,
+    /// `"round_robin"`: each new connection starts at the next backend.
+    RoundRobin,
+    /// `"least_connections"`: the backend with the fewest open connections
+    /// through this route (ties in turn).
+    LeastConnections,
+}
+
+/// `[route.health_check]`: active TCP connect checks of every backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// `interval` (default "5s", > 0): time between two checks of a backend.
+    pub interval: Duration,
+    /// `timeout` (default "1s", > 0): a check that has not connected by then failed.
+    pub timeout: Duration,
+    /// `fall` (default 3, 1..=100): consecutive failed checks that take a backend out.
+    pub fall: u32,
+    /// `rise` (default 2, 1..=100): consecutive good checks that put it back.
+    pub rise: u32,
+}
+
 /// A `[[route]]` (or the `[unknown]` forward fallback).
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -146,6 +172,35 @@ pub struct Route {
     /// tried in order like `backends`. Empty: on `[http]` listeners the
     /// route's names are unknown hosts. Always empty for the fallback.
     pub http_backends: Vec<SocketAddr>,
+    /// `allow` (default: absent = every source): only sources inside these
+    /// networks (addresses or CIDRs) may use the route; others end `denied`.
+    pub allow: Option<CidrSet>,
+    /// `alpn` (default empty): ALPN ids this route is for. Among routes for
+    /// the same name, one whose list meets the hello's offer wins over the
+    /// one without `alpn`. Non-empty ids, no spaces, at most 255 bytes.
+    pub alpn: Vec<String>,
+    /// `balance` (default "first").
+    pub balance: Balance,
+    /// `[route.health_check]` (default: none, passive only).
+    pub health_check: Option<HealthCheck>,
+}
+
+impl Route {
+    /// A route named `name` for `sni` to `backends`, every other key at its
+    /// default (no PROXY header, every source, any ALPN, `first`, no checks).
+    pub fn new(name: String, sni: Vec<HostPattern>, backends: Vec<SocketAddr>) -> Route {
+        Route {
+            name,
+            sni,
+            backends,
+            proxy_protocol: ProxyProtocol::None,
+            allow: None,
+            alpn: Vec::new(),
+            balance: Balance::First,
+            health_check: None,
+            http_backends: Vec::new(),
+        }
+    }
 }
 
 /// `[ban]`: fail2ban-style strikes and bans.
@@ -163,8 +218,8 @@ pub struct BanConfig {
     /// addresses become /32 or /128, host bits are cleared.
     pub ignore: Vec<IpNet>,
     /// `strike_on` (default unknown_sni, no_sni, not_tls, unknown_host,
-    /// no_host, not_http; also possible: timeout, policy, too_large): outcomes
-    /// that count as a strike. No duplicates.
+    /// no_host, not_http; also possible: timeout, policy, too_large, denied):
+    /// outcomes that count as a strike. No duplicates.
     pub strike_on: Vec<Outcome>,
     /// `ipv6_prefix` (default 64, 1..=128): IPv6 clients are struck and banned per this prefix.
     pub ipv6_prefix: u8,

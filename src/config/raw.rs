@@ -77,6 +77,30 @@ pub(super) struct RawRoute {
     pub proxy_protocol: Option<Text>,
     /// Default empty: no plain HTTP for this route.
     pub http_backends: Option<TextList>,
+    /// Default absent (every source); addresses or CIDRs.
+    pub allow: Option<TextList>,
+    /// Default empty (the route for hellos whatever their ALPN).
+    pub alpn: Option<TextList>,
+    /// Default "first".
+    pub balance: Option<Text>,
+    /// `[route.health_check]`; default absent (no active checks). Parsed
+    /// on its own (see `parse_routes`); listed here so the key is known.
+    #[serde(default)]
+    pub health_check: Option<Spanned<RawHealthCheck>>,
+}
+
+/// `[route.health_check]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealthCheck {
+    /// Default "5s".
+    pub interval: Option<Text>,
+    /// Default "1s".
+    pub timeout: Option<Text>,
+    /// Default 3.
+    pub fall: Option<Int>,
+    /// Default 2.
+    pub rise: Option<Int>,
 }
 
 /// `[http]`
@@ -311,9 +335,38 @@ fn parse_routes(
             path: format!("route[{n}]"),
             label: format!("in [[route]] #{n}"),
         };
-        if let Some(route) = section.parse::<RawRoute>(entry, diags) {
+        // The nested table is taken out and parsed as a section of its own,
+        // so its unknown keys and type errors are all reported at their key.
+        let (entry, health_check) = take_table(entry, "health_check");
+        let health_check = health_check.and_then(|table| {
+            let span = table.span();
+            let section = Section {
+                src,
+                path: format!("route[{n}].health_check"),
+                label: format!("in [route.health_check] of [[route]] #{n}"),
+            };
+            let parsed = section.parse::<RawHealthCheck>(table, diags)?;
+            Some(Spanned::new(span, parsed))
+        });
+        if let Some(mut route) = section.parse::<RawRoute>(entry, diags) {
+            route.health_check = health_check;
             raw.routes.push((n, Spanned::new(span, route)));
         }
+    }
+}
+
+/// `value` without its key `key` (if it is a table holding one), and that key's value.
+fn take_table<'a>(
+    value: Spanned<DeValue<'a>>,
+    key: &str,
+) -> (Spanned<DeValue<'a>>, Option<Spanned<DeValue<'a>>>) {
+    let span = value.span();
+    match value.into_inner() {
+        DeValue::Table(mut table) => {
+            let taken = table.remove(key);
+            (Spanned::new(span, DeValue::Table(table)), taken)
+        }
+        other => (Spanned::new(span, other), None),
     }
 }
 
@@ -415,14 +468,20 @@ fn expectation(key: &str) -> Option<&'static str> {
         | "idle_timeout"
         | "shutdown_grace"
         | "find_time"
-        | "ban_time" => "a quoted duration like \"500ms\", \"5s\", \"10m\", \"1h\", \"365d\"",
+        | "ban_time"
+        | "interval"
+        | "timeout" => "a quoted duration like \"500ms\", \"5s\", \"10m\", \"1h\", \"365d\"",
         "listen" => "an array of addresses like [\"0.0.0.0:443\", \"[::]:443\"]",
         "http.listen" => "an array of addresses like [\"0.0.0.0:80\", \"[::]:80\"]",
         "backend" => "a quoted address \"IP:PORT\" (IPv6 in brackets)",
         "backends" => "an array of addresses like [\"10.0.0.6:443\", \"10.0.0.7:443\"]",
         "http_backends" => "an array of addresses like [\"10.0.0.6:80\", \"10.0.0.7:80\"]",
         "sni" => "an array of host names like [\"myapp.example.org\", \"*.example.org\"]",
-        "ignore" => "an array of addresses or CIDRs like [\"192.0.2.10\", \"2001:db8::/48\"]",
+        "ignore" | "allow" => {
+            "an array of addresses or CIDRs like [\"192.0.2.10\", \"2001:db8::/48\"]"
+        }
+        "alpn" => "an array of ALPN ids like [\"acme-tls/1\"] or [\"h2\", \"http/1.1\"]",
+        "balance" => "a quoted policy: \"first\", \"round_robin\" or \"least_connections\"",
         "strike_on" => "an array of outcomes like [\"unknown_sni\", \"no_sni\", \"not_tls\"]",
         "min_version" => "a quoted version: \"1.0\", \"1.1\", \"1.2\" or \"1.3\"",
         "enabled" | "splice" | "defer_accept" => "true or false",

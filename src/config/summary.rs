@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::{AccessLog, Config, LogFormat, ProxyProtocol, Route};
+use super::{AccessLog, Balance, Config, LogFormat, ProxyProtocol, Route};
 
 impl Config {
     /// A short human summary for `sniroute check`: listeners, routes, ban policy.
@@ -162,6 +162,28 @@ fn route_line(route: &Route) -> String {
         ProxyProtocol::None => {}
         ProxyProtocol::V1 => line.push_str(" (proxy_protocol v1)"),
         ProxyProtocol::V2 => line.push_str(" (proxy_protocol v2)"),
+    }
+    if !route.alpn.is_empty() {
+        let _ = write!(line, "; alpn {}", route.alpn.join(", "));
+    }
+    if let Some(allow) = &route.allow {
+        let n = allow.nets().len();
+        let _ = write!(line, "; allow {n} network{}", if n == 1 { "" } else { "s" });
+    }
+    match route.balance {
+        Balance::First => {}
+        Balance::RoundRobin => line.push_str("; balance round_robin"),
+        Balance::LeastConnections => line.push_str("; balance least_connections"),
+    }
+    if let Some(hc) = &route.health_check {
+        let _ = write!(
+            line,
+            "; health check every {} (timeout {}, out after {} failures, back after {} successes)",
+            human(hc.interval),
+            human(hc.timeout),
+            hc.fall,
+            hc.rise
+        );
     }
     line
 }
