@@ -8,7 +8,7 @@ use std::io::{self, BufWriter, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::time::{Duration, SystemTime};
 
@@ -35,7 +35,8 @@ pub struct Entry {
 
 enum Message {
     Line(String),
-    /// Reopen the file (after log rotation); sent on reload.
+    /// Wakes the writer to look at the reopen flag (after log rotation:
+    /// SIGUSR1 or a reload).
     Reopen,
 }
 
@@ -45,6 +46,9 @@ pub struct AccessLog {
     tx: Option<SyncSender<Message>>,
     format: LogFormat,
     dropped: Arc<AtomicU64>,
+    /// Set by [`AccessLog::reopen`], taken by the writer: a reopen asked for
+    /// while the queue is full is not lost with the wake-up message.
+    reopen: Arc<AtomicBool>,
 }
 
 impl AccessLog {
@@ -52,16 +56,20 @@ impl AccessLog {
     pub fn open(config: &LogConfig) -> io::Result<AccessLog> {
         let sink = match &config.access {
             Target::Off => None,
-            Target::Stdout => Some(Sink::Stdout),
+            Target::Stdout => Some(Sink::Stdout {
+                journal: crate::logging::is_journal_stream(&io::stdout()),
+            }),
             Target::File(path) => Some(Sink::File(path.clone(), open_append(path)?)),
         };
+        let reopen = Arc::new(AtomicBool::new(false));
         let tx = match sink {
             None => None,
             Some(sink) => {
                 let (tx, rx) = sync_channel(QUEUE);
+                let flag = Arc::clone(&reopen);
                 std::thread::Builder::new()
                     .name("access-log".into())
-                    .spawn(move || write_lines(rx, sink))?;
+                    .spawn(move || write_lines(rx, sink, &flag))?;
                 Some(tx)
             }
         };
@@ -69,6 +77,7 @@ impl AccessLog {
             tx,
             format: config.format,
             dropped: Arc::new(AtomicU64::new(0)),
+            reopen,
         })
     }
 
@@ -88,9 +97,13 @@ impl AccessLog {
         }
     }
 
-    /// Asks the writer to reopen its file (log rotation).
+    /// Asks the writer to reopen its file by name (log rotation): from the
+    /// next line it writes on, lines go to the file now at that path
+    /// (created if missing), none to the renamed one.
     pub fn reopen(&self) {
         if let Some(tx) = &self.tx {
+            self.reopen.store(true, Ordering::Release);
+            // A full queue already wakes the writer, which sees the flag.
             let _ = tx.try_send(Message::Reopen);
         }
     }
@@ -102,7 +115,11 @@ impl AccessLog {
 }
 
 enum Sink {
-    Stdout,
+    /// `journal`: stdout is systemd's journal stream, so each line starts
+    /// with journald's `<6>` (info) prefix, which the journal strips.
+    Stdout {
+        journal: bool,
+    },
     File(PathBuf, File),
 }
 
@@ -112,9 +129,14 @@ fn open_append(path: &PathBuf) -> io::Result<File> {
 
 /// Writes lines as they come and flushes whenever the queue runs dry, so a
 /// line is visible at once when traffic is light and batched when it is heavy.
-fn write_lines(rx: Receiver<Message>, sink: Sink) {
+fn write_lines(rx: Receiver<Message>, sink: Sink, reopen: &AtomicBool) {
+    let prefix: &[u8] = if matches!(sink, Sink::Stdout { journal: true }) {
+        b"<6>"
+    } else {
+        b""
+    };
     let (mut out, path): (BufWriter<Box<dyn Write + Send>>, Option<PathBuf>) = match sink {
-        Sink::Stdout => (BufWriter::new(Box::new(io::stdout())), None),
+        Sink::Stdout { .. } => (BufWriter::new(Box::new(io::stdout())), None),
         Sink::File(path, file) => (BufWriter::new(Box::new(file)), Some(path)),
     };
     loop {
@@ -129,21 +151,23 @@ fn write_lines(rx: Receiver<Message>, sink: Sink) {
             }
             Err(TryRecvError::Disconnected) => break,
         };
-        match message {
-            Message::Line(line) => {
-                let _ = out.write_all(line.as_bytes());
-            }
-            Message::Reopen => {
-                let _ = out.flush();
-                if let Some(path) = &path {
-                    match open_append(path) {
-                        Ok(file) => out = BufWriter::new(Box::new(file)),
-                        Err(e) => {
-                            tracing::error!("cannot reopen access log {}: {e}", path.display())
-                        }
+        if reopen.swap(false, Ordering::AcqRel) {
+            let _ = out.flush();
+            if let Some(path) = &path {
+                match open_append(path) {
+                    Ok(file) => {
+                        out = BufWriter::new(Box::new(file));
+                        tracing::info!("access log reopened: {}", path.display());
+                    }
+                    Err(e) => {
+                        tracing::error!("cannot reopen access log {}: {e}", path.display())
                     }
                 }
             }
+        }
+        if let Message::Line(line) = message {
+            let _ = out.write_all(prefix);
+            let _ = out.write_all(line.as_bytes());
         }
     }
     let _ = out.flush();

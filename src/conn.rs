@@ -88,7 +88,8 @@ async fn serve(
     let config = &snapshot.config;
     let limits = &config.limits;
 
-    let mut hello_bytes = Vec::new();
+    // Read the head (kept, to replay it) and pick the route from it.
+    let mut head = Vec::new();
     let (index, client) = match protocol {
         Protocol::Tls => {
             let choose = |hello| choose(snapshot, hello, entry);
@@ -97,7 +98,7 @@ async fn serve(
                 snapshot,
                 client,
                 accepted,
-                &mut hello_bytes,
+                &mut head,
                 peek::Tls,
                 choose,
             )
@@ -107,13 +108,7 @@ async fn serve(
             let choose = |request| choose_http(snapshot, request, entry);
             let reader = httphead::Reader::default();
             read_head(
-                shared,
-                snapshot,
-                client,
-                accepted,
-                &mut hello_bytes,
-                reader,
-                choose,
+                shared, snapshot, client, accepted, &mut head, reader, choose,
             )
             .await?
         }
@@ -131,6 +126,7 @@ async fn serve(
         .await
         .map_err(|e| {
             tracing::warn!(route = %route.name, "no backend reachable: {}", e.last);
+            meters.backend_errors.increment(1);
             Outcome::BackendError
         })?;
     meters
@@ -139,20 +135,21 @@ async fn serve(
     entry.backend = Some(backend_addr);
 
     // The PROXY header (if any) and the head go out in one write.
-    let client_bytes = hello_bytes.len() as u64;
+    let client_bytes = head.len() as u64;
     let preamble = match route.proxy_protocol {
-        ProxyProtocol::None => hello_bytes,
+        ProxyProtocol::None => head,
         kind => {
             let local = client.local_addr().map_err(|_| Outcome::BackendError)?;
             // A PROXY header is at most 107 bytes (v1; v2 is at most 52).
-            let mut preamble = Vec::with_capacity(hello_bytes.len() + 107);
+            let mut preamble = Vec::with_capacity(head.len() + 107);
             forward::proxy_header(kind, peer, local, &mut preamble);
-            preamble.extend_from_slice(&hello_bytes);
+            preamble.extend_from_slice(&head);
             preamble
         }
     };
     if let Err(e) = backend.write_all(&preamble).await {
         tracing::warn!(route = %route.name, %backend_addr, "backend closed before the head: {e}");
+        meters.backend_errors.increment(1);
         return Err(Outcome::BackendError);
     }
     drop(preamble);

@@ -10,7 +10,8 @@
 //! - `listener`: accept loops; `conn`: one connection, start to end;
 //! - `forward`: backend connect and the two-way relay (splice on Linux);
 //! - `shared`: the state below listeners, connections and the admin socket;
-//! - `accesslog`, `metrics`, `admin`, `lifecycle`; `server` builds, starts,
+//! - `accesslog`, `metrics`, `admin`, `lifecycle` (the only signal handler),
+//!   `logging` (stderr, plain or journald-native); `server` builds, starts,
 //!   reloads and stops;
 //! - `sys`: the only `unsafe` (listener registration, TCP_DEFER_ACCEPT).
 
@@ -29,6 +30,7 @@ pub mod hostname;
 pub mod httphead;
 pub mod lifecycle;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod outcome;
 pub mod peek;

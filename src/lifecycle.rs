@@ -1,26 +1,54 @@
-//! Process lifecycle: signals become [`Control`] requests (SIGHUP reload,
-//! SIGTERM/SIGINT stop), and systemd hears about it through `NOTIFY_SOCKET`
-//! (READY, RELOADING, STOPPING, WATCHDOG pings).
+//! Process lifecycle: signals become [`Control`] requests, and systemd hears
+//! about it through `NOTIFY_SOCKET` (READY, RELOADING, STOPPING, WATCHDOG
+//! pings). This is the only module that handles signals:
+//!
+//! | signal | effect |
+//! |---|---|
+//! | `SIGHUP` | reload the config ([`Control::Reload`]) |
+//! | `SIGTERM`, `SIGINT` | stop, drain ([`Control::Stop`]); a second one ends the drain |
+//! | `SIGUSR1` | reopen the access log, nothing else ([`Control::ReopenLogs`]), like nginx |
+//! | `SIGUSR2`, `SIGALRM`, `SIGIO` | logged and ignored |
+//! | `SIGPIPE` | ignored: a write to a closed peer fails with `EPIPE` instead |
+//!
+//! SIGUSR2, SIGALRM and SIGIO would end the process by default (an operator
+//! used to nginx sends SIGUSR2 for a binary upgrade): here they only leave a
+//! warning in the log. SIGWINCH keeps its default (ignored, silently: a
+//! terminal resize must not fill the log). SIGPIPE is set
+//! to "ignore" by Rust's runtime before `main`; it is deliberately not
+//! caught here, since a handler would run on every write to a closed socket.
 
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::shared::Control;
+
+/// Signals that would end (or mean something else to) a daemon by default
+/// and that sniroute only logs: (kind, name).
+const IGNORED: [(SignalKind, &str); 3] = [
+    (SignalKind::user_defined2(), "SIGUSR2"),
+    (SignalKind::alarm(), "SIGALRM"),
+    (SignalKind::io(), "SIGIO"),
+];
 
 /// Turns signals into control requests until the receiver is gone.
 pub fn spawn_signal_handler(tx: mpsc::Sender<Control>) -> std::io::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    for (kind, name) in IGNORED {
+        spawn_ignored(signal(kind)?, name);
+    }
     tokio::spawn(async move {
         loop {
             let control = tokio::select! {
                 _ = hup.recv() => Control::Reload(None),
                 _ = term.recv() => Control::Stop,
                 _ = int.recv() => Control::Stop,
+                _ = usr1.recv() => Control::ReopenLogs,
             };
             // A second SIGTERM/SIGINT during the drain is passed on too: it
             // cuts the grace short, as an impatient operator expects.
@@ -30,6 +58,17 @@ pub fn spawn_signal_handler(tx: mpsc::Sender<Control>) -> std::io::Result<()> {
         }
     });
     Ok(())
+}
+
+/// Logs each delivery of `name` and does nothing else.
+fn spawn_ignored(mut stream: Signal, name: &'static str) {
+    tokio::spawn(async move {
+        while stream.recv().await.is_some() {
+            tracing::warn!(
+                "{name} received and ignored (SIGHUP reloads, SIGUSR1 reopens the access log, SIGTERM stops)"
+            );
+        }
+    });
 }
 
 /// Sends one sd_notify message if `NOTIFY_SOCKET` is set; errors are logged,

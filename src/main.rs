@@ -150,22 +150,13 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SNIROUTE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
-
 fn run(path: PathBuf) -> ExitCode {
-    init_tracing();
+    let log_style = sniroute::logging::Style::detect();
+    sniroute::logging::init(log_style);
     let config = match config::load(&path) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("{e}");
+            log_style.eprint_error(&e.to_string());
             return ExitCode::FAILURE;
         }
     };
@@ -184,18 +175,20 @@ fn run(path: PathBuf) -> ExitCode {
     let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
+            log_style.eprint_error(&format!("cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
     let result = runtime.block_on(async move {
+        // Signals first: a SIGUSR1 from logrotate during start-up waits in
+        // the channel instead of ending the process.
+        let (tx, rx) = mpsc::channel(8);
+        sniroute::lifecycle::spawn_signal_handler(tx)?;
         let server = match systemd_listeners()? {
             Some(listeners) => Server::activated(config, Some(path), listeners)?,
             None => Server::bind(config, Some(path))?,
         };
         let addrs = server.local_addrs();
-        let (tx, rx) = mpsc::channel(8);
-        sniroute::lifecycle::spawn_signal_handler(tx)?;
         sniroute::lifecycle::spawn_watchdog();
         tracing::info!(
             "sniroute {} listening on {addrs:?}",
@@ -214,7 +207,7 @@ fn run(path: PathBuf) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("sniroute: {e:#}");
+            log_style.eprint_error(&format!("sniroute: {e:#}"));
             ExitCode::FAILURE
         }
     }

@@ -60,6 +60,8 @@ fn register_static() {
     for result in ["ok", "error"] {
         counter!("sniroute_config_reloads_total", "result" => result).increment(0);
     }
+    // The config in force at start-up was loaded fine (else no start).
+    gauge!("sniroute_config_last_reload_successful").set(1.0);
     gauge!("sniroute_banned").increment(0.0);
     gauge!("sniroute_strike_sources").increment(0.0);
     gauge!("sniroute_rate_limit_keys").increment(0.0);
@@ -105,6 +107,18 @@ fn describe() {
     describe_counter!(
         "sniroute_config_reloads_total",
         "Config reload attempts by result."
+    );
+    describe_gauge!(
+        "sniroute_config_last_reload_successful",
+        "1 if the last config reload was taken (or none was tried), 0 if it was refused."
+    );
+    describe_gauge!(
+        "sniroute_max_connections",
+        "limits.max_connections in force: open client connections allowed."
+    );
+    describe_counter!(
+        "sniroute_backend_errors_total",
+        "Routed names whose backend could not be reached or closed at once, per route."
     );
     describe_gauge!(
         "sniroute_build_info",
@@ -159,6 +173,8 @@ pub struct RouteMetrics {
     /// `sniroute_bytes_total{direction="up"|"down"}`, fed live by the relay.
     pub bytes: ByteCounters,
     pub connect_seconds: Histogram,
+    /// Connections of this route that ended `backend_error`.
+    pub backend_errors: Counter,
 }
 
 impl RouteMetrics {
@@ -171,9 +187,11 @@ impl RouteMetrics {
                 up: counter!("sniroute_bytes_total", "route" => name.clone(), "direction" => "up"),
                 down: counter!("sniroute_bytes_total", "route" => name.clone(), "direction" => "down"),
             },
-            connect_seconds: histogram!("sniroute_backend_connect_seconds", "route" => name),
+            connect_seconds: histogram!("sniroute_backend_connect_seconds", "route" => name.clone()),
+            backend_errors: counter!("sniroute_backend_errors_total", "route" => name),
         };
         m.routed.increment(0);
+        m.backend_errors.increment(0);
         m.active.increment(0.0);
         m.bytes.up.increment(0);
         m.bytes.down.increment(0);
@@ -181,10 +199,17 @@ impl RouteMetrics {
     }
 }
 
-/// Counts a config reload attempt.
+/// Counts a config reload attempt and keeps whether the last one was taken.
 pub fn reload_result(ok: bool) {
     let result = if ok { "ok" } else { "error" };
     counter!("sniroute_config_reloads_total", "result" => result).increment(1);
+    gauge!("sniroute_config_last_reload_successful").set(if ok { 1.0 } else { 0.0 });
+}
+
+/// Exports the limits of the config now in force (at start and after each
+/// reload), so alerts can compare usage against them.
+pub fn limits(max_connections: usize) {
+    gauge!("sniroute_max_connections").set(max_connections as f64);
 }
 
 /// Longest request head the endpoint reads: a scrape's request line and

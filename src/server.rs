@@ -70,6 +70,7 @@ impl Server {
         let guard =
             Guard::new(&config.ban, &config.rate_limit).context("cannot start the guard")?;
         let log = AccessLog::open(&config.log).context("cannot open the access log")?;
+        crate::metrics::limits(config.limits.max_connections);
         let shared = Arc::new(Shared::new(config, Arc::new(guard), log));
         Ok(Server {
             shared,
@@ -160,25 +161,21 @@ impl Server {
                 request = control.recv() => request,
                 Some(request) = admin_rx.recv() => Some(request),
             };
-            let Some(Control::Reload(reply)) = request else {
-                break;
-            };
-            lifecycle::notify_reloading();
-            let result = reload(
-                &shared,
-                self.config_path.as_ref(),
-                &mut accepting,
-                !self.activated,
-            );
-            crate::metrics::reload_result(result.is_ok());
-            match &result {
-                Ok(summary) => tracing::info!("{summary}"),
-                Err(e) => tracing::error!("config reload refused, keeping the old one:\n{e}"),
+            match request {
+                Some(Control::Reload(reply)) => {
+                    let result = reload(
+                        &shared,
+                        self.config_path.as_ref(),
+                        &mut accepting,
+                        !self.activated,
+                    );
+                    if let Some(reply) = reply {
+                        let _ = reply.send(result);
+                    }
+                }
+                Some(Control::ReopenLogs) => shared.log.reopen(),
+                Some(Control::Stop) | None => break,
             }
-            if let Some(reply) = reply {
-                let _ = reply.send(result);
-            }
-            lifecycle::notify_ready();
         }
 
         lifecycle::notify_stopping();
@@ -191,7 +188,7 @@ impl Server {
         }
         let drained = tokio::select! {
             drained = tokio::time::timeout(grace, shared.wait_drained()) => drained.is_ok(),
-            () = second_stop(&mut control) => false,
+            () = second_stop(&mut control, &shared.log) => false,
         };
         if !drained {
             tracing::warn!("closing {} open connections now", shared.open_connections());
@@ -206,11 +203,13 @@ impl Server {
 }
 
 /// Resolves on a second `Stop` (a repeated SIGTERM/SIGINT) during the drain;
-/// reloads are ignored then. Never resolves once the channel is closed.
-async fn second_stop(control: &mut mpsc::Receiver<Control>) {
+/// reloads are ignored then (the access log is still reopened on request).
+/// Never resolves once the channel is closed.
+async fn second_stop(control: &mut mpsc::Receiver<Control>, log: &AccessLog) {
     while let Some(request) = control.recv().await {
         match request {
             Control::Stop => return,
+            Control::ReopenLogs => log.reopen(),
             Control::Reload(Some(reply)) => {
                 let _ = reply.send(Err("shutting down".into()));
             }
@@ -293,10 +292,29 @@ impl Accepting {
     }
 }
 
+/// One reload as systemd, the metrics and the journal see it: RELOADING=1,
+/// the reload, its count and log line, READY=1.
+fn reload(
+    shared: &Arc<Shared>,
+    path: Option<&PathBuf>,
+    accepting: &mut Accepting,
+    follow_listen: bool,
+) -> Result<String, String> {
+    lifecycle::notify_reloading();
+    let result = apply_config(shared, path, accepting, follow_listen);
+    crate::metrics::reload_result(result.is_ok());
+    match &result {
+        Ok(summary) => tracing::info!("{summary}"),
+        Err(e) => tracing::error!("config reload refused, keeping the old one:\n{e}"),
+    }
+    lifecycle::notify_ready();
+    result
+}
+
 /// Loads the config file with the same code as `check`; on success swaps the
 /// snapshot, reconfigures the guard, reopens the log and adjusts listeners
 /// (which ones listen only when `follow_listen`: not with socket activation).
-fn reload(
+fn apply_config(
     shared: &Arc<Shared>,
     path: Option<&PathBuf>,
     accepting: &mut Accepting,
@@ -316,6 +334,7 @@ fn reload(
         config.http.listen.len(),
         config.routes.len()
     );
+    crate::metrics::limits(config.limits.max_connections);
     shared.swap(Snapshot::new(config));
     Ok(summary)
 }

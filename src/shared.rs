@@ -123,4 +123,7 @@ pub enum Control {
     Reload(Option<oneshot::Sender<Result<String, String>>>),
     /// Stop accepting, drain for up to `shutdown_grace`, return.
     Stop,
+    /// Reopen the access log file (after log rotation), nothing else: no
+    /// config is read, no reload is counted.
+    ReopenLogs,
 }

@@ -104,11 +104,29 @@ impl Daemon {
     /// Starts `WRAPPER... sniroute run -c CONFIG` with extra environment, and
     /// returns at once.
     pub fn spawn(conf: &Conf, wrapper: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::spawn_with(conf, wrapper, env, false)
+    }
+
+    /// Starts `sniroute run` the way systemd does with its output to the
+    /// journal: stdout and stderr go to one file, and `JOURNAL_STREAM` is
+    /// its `DEVICE:INODE`. Waits until it serves.
+    #[allow(dead_code)] // tests/operator.rs, not tests/ops.rs
+    pub fn start_journal(conf: &Conf) -> Daemon {
+        let mut daemon = Daemon::spawn_with(conf, &[], &[], true);
+        daemon.wait_serving();
+        daemon
+    }
+
+    fn spawn_with(conf: &Conf, wrapper: &[&str], env: &[(&str, &str)], journal: bool) -> Daemon {
+        use std::os::unix::fs::MetadataExt as _;
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("sniroute.toml");
         std::fs::write(&config_path, conf.toml()).expect("write config");
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let meta = stderr.metadata().expect("stderr file metadata");
+        let journal_stream = format!("{}:{}", meta.dev(), meta.ino());
+        let same_stream = stderr.try_clone().expect("dup stderr file");
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -125,11 +143,18 @@ impl Daemon {
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
             .env_remove("WATCHDOG_USEC")
+            .env_remove("JOURNAL_STREAM")
             .env("SNIROUTE_LOG", "info")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
+        if journal {
+            // systemd connects stdout and stderr to the same journal stream.
+            command
+                .env("JOURNAL_STREAM", journal_stream)
+                .stdout(same_stream);
+        }
         let child = command.spawn().expect("spawn sniroute");
         Daemon {
             child,
@@ -143,6 +168,12 @@ impl Daemon {
     /// What the daemon wrote to stderr so far (for failure messages).
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// The daemon's process id.
+    #[allow(dead_code)] // tests/operator.rs, not tests/ops.rs
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Panics with the daemon's stderr if it has exited.
@@ -202,6 +233,19 @@ impl Daemon {
         wait_until(&format!("{series} >= {want}"), WAIT, || {
             self.metric(series).filter(|&v| v >= want)
         })
+    }
+
+    /// SIGTERM, waits (bounded) for the exit, and returns the exit status
+    /// with everything the daemon wrote to stderr.
+    #[allow(dead_code)] // tests/operator.rs, not tests/ops.rs
+    pub fn stop_with_stderr(mut self) -> (ExitStatus, String) {
+        self.signal(Signal::TERM);
+        let child = &mut self.child;
+        let status = wait_until("sniroute to exit after SIGTERM", WAIT, || {
+            child.try_wait().expect("try_wait")
+        });
+        // The temp dir lives as long as `self`: read before it is dropped.
+        (status, self.stderr())
     }
 
     /// SIGTERM, then waits (bounded) for the exit status.

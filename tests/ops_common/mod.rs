@@ -56,3 +56,14 @@ pub fn tool(test: &str, path: &str, package: &str) -> Option<PathBuf> {
     }
     found
 }
+
+/// Like [`tool`], but under `CI=true` a missing tool fails the test instead
+/// of skipping it: `.ci/run` installs it, so its absence there is a bug.
+#[allow(dead_code)] // tests/operator.rs, not tests/ops.rs
+pub fn needed_tool(test: &str, path: &str, package: &str) -> Option<PathBuf> {
+    let found = tool(test, path, package);
+    if found.is_none() && std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: {path} (Debian package `{package}`) is missing under CI=true");
+    }
+    found
+}

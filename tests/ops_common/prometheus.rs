@@ -21,13 +21,25 @@ impl Prometheus {
     /// Starts `binary` with a temp TSDB, scraping `target` every second, and
     /// waits until it is ready to answer queries.
     pub fn start(binary: &Path, target: SocketAddr) -> Prometheus {
+        Prometheus::start_with_rules(binary, target, &[])
+    }
+
+    /// Like [`Prometheus::start`], also evaluating the rule files
+    /// `rule_files` every second.
+    pub fn start_with_rules(binary: &Path, target: SocketAddr, rule_files: &[&Path]) -> Prometheus {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("prometheus.yml");
+        let rules: Vec<String> = rule_files
+            .iter()
+            .map(|p| format!("\"{}\"", p.display()))
+            .collect();
         std::fs::write(
             &config,
             format!(
                 "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: sniroute\n    static_configs:\n      - targets: [\"{target}\"]\n"
+                 rule_files: [{}]\n\
+                 scrape_configs:\n  - job_name: sniroute\n    static_configs:\n      - targets: [\"{target}\"]\n",
+                rules.join(", ")
             ),
         )
         .expect("write prometheus.yml");
