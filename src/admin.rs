@@ -14,7 +14,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::guard::Guard;
 use crate::guard::bans::Ban;
+use crate::guard::clock::rfc3339 as time;
 use crate::outcome::Outcome;
 use crate::shared::Control;
 
@@ -42,6 +43,32 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// config, which is quick, but a slow disk must not make this fail early.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The shortest IPv4 prefix `bans add` takes without `--force`: a /8 is
+/// already 16.7 million addresses; anything wider (`0.0.0.0/0` from a slip
+/// of the keyboard) would shut out a good part of the internet, or everyone.
+pub const WIDEST_V4_PREFIX: u8 = 8;
+
+/// The shortest IPv6 prefix `bans add` takes without `--force`: a /32 is a
+/// whole provider's allocation (RIRs hand out /32s to ISPs).
+pub const WIDEST_V6_PREFIX: u8 = 32;
+
+/// Why `target` is too wide to ban without `--force`, or `None` when it is
+/// an address, a narrow enough prefix, or not a prefix at all (the guard
+/// reports those).
+pub fn too_wide(target: &str) -> Option<String> {
+    let net: ipnet::IpNet = target.trim().parse().ok()?;
+    let (widest, family) = match net {
+        ipnet::IpNet::V4(_) => (WIDEST_V4_PREFIX, "IPv4"),
+        ipnet::IpNet::V6(_) => (WIDEST_V6_PREFIX, "IPv6"),
+    };
+    (net.prefix_len() < widest).then(|| {
+        format!(
+            "{net} is wider than /{widest} ({family}): it would ban a huge part of the \
+             internet (/0 is everyone); add --force if you really mean it"
+        )
+    })
+}
+
 /// One admin request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
@@ -56,6 +83,10 @@ pub enum Request {
         addr: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         duration: Option<String>,
+        /// Needed for a prefix wider than [`WIDEST_V4_PREFIX`] /
+        /// [`WIDEST_V6_PREFIX`] (see [`too_wide`]).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
     },
     /// Lift a ban.
     BansRemove { addr: String },
@@ -70,11 +101,14 @@ pub enum Response {
     /// The answer to [`Request::Status`].
     Status(StatusReport),
     /// The answer to [`Request::BansList`].
-    Bans { bans: Vec<Ban> },
+    Bans {
+        #[serde(serialize_with = "bans_with_times")]
+        bans: Vec<Ban>,
+    },
     /// A change was made: what, and the bans it added or removed.
     Done {
         message: String,
-        #[serde(default)]
+        #[serde(default, serialize_with = "bans_with_times")]
         bans: Vec<Ban>,
     },
     /// The request was refused or failed; why.
@@ -249,7 +283,14 @@ async fn handle(
     match request {
         Request::Status => Response::Status(status(guard)),
         Request::BansList => Response::Bans { bans: guard.bans() },
-        Request::BansAdd { addr, duration } => {
+        Request::BansAdd {
+            addr,
+            duration,
+            force,
+        } => {
+            if let Some(reason) = too_wide(&addr).filter(|_| !force) {
+                return refused(reason);
+            }
             let duration = match duration
                 .as_deref()
                 .map(humantime::parse_duration)
@@ -448,9 +489,22 @@ fn bans_table(bans: &[Ban]) -> String {
     out
 }
 
-/// Unix seconds as RFC 3339 UTC, e.g. `2021-10-10T15:55:36Z`.
-fn time(unix: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
+/// Bans as JSON with their times twice: unix seconds (`banned_at`,
+/// `expires_at`, for arithmetic in scripts) and RFC 3339 UTC
+/// (`banned_at_utc`, `expires_at_utc`, for whoever reads the JSON).
+fn bans_with_times<S: serde::Serializer>(bans: &[Ban], s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Timed<'a> {
+        #[serde(flatten)]
+        ban: &'a Ban,
+        banned_at_utc: String,
+        expires_at_utc: String,
+    }
+    s.collect_seq(bans.iter().map(|ban| Timed {
+        ban,
+        banned_at_utc: time(ban.banned_at),
+        expires_at_utc: time(ban.expires_at),
+    }))
 }
 
 #[cfg(test)]
@@ -462,6 +516,7 @@ mod tests {
         let req = Request::BansAdd {
             addr: "10.0.0.0/8".into(),
             duration: Some("1h".into()),
+            force: false,
         };
         let text = serde_json::to_string(&req).unwrap();
         assert_eq!(
@@ -473,6 +528,26 @@ mod tests {
             serde_json::to_string(&Request::Status).unwrap(),
             r#"{"cmd":"status"}"#
         );
+        let forced = r#"{"cmd":"bans_add","addr":"0.0.0.0/0","force":true}"#;
+        let req: Request = serde_json::from_str(forced).unwrap();
+        assert_eq!(serde_json::to_string(&req).unwrap(), forced);
+    }
+
+    #[test]
+    fn wide_prefixes_need_force() {
+        for wide in ["0.0.0.0/0", "10.0.0.0/7", "::/0", "2001:db8::/31"] {
+            let why = too_wide(wide).unwrap();
+            assert!(why.contains("--force"), "{why}");
+        }
+        for fine in [
+            "10.0.0.0/8",
+            "2001:db8::/32",
+            "203.0.113.7",
+            "::1",
+            "nonsense",
+        ] {
+            assert_eq!(too_wide(fine), None, "{fine}");
+        }
     }
 
     #[test]
@@ -515,5 +590,24 @@ mod tests {
             "{row}"
         );
         assert_eq!(bans_table(&[]), "No bans.\n");
+    }
+
+    #[test]
+    fn json_bans_carry_both_time_forms() {
+        let ban = Ban {
+            net: "203.0.113.7/32".into(),
+            reason: "manual".into(),
+            strikes: 0,
+            banned_at: 1_633_881_336,
+            expires_at: 1_665_417_336,
+        };
+        let response = Response::Bans { bans: vec![ban] };
+        let json: serde_json::Value = serde_json::to_value(&response).unwrap();
+        let listed = &json["bans"][0];
+        assert_eq!(listed["expires_at"], 1_665_417_336);
+        assert_eq!(listed["banned_at_utc"], "2021-10-10T15:55:36Z");
+        assert_eq!(listed["expires_at_utc"], "2022-10-10T15:55:36Z");
+        let back: Response = serde_json::from_value(json).unwrap();
+        assert_eq!(back, response);
     }
 }

@@ -57,6 +57,9 @@ enum BansCommand {
         /// How long (`1h`, `30d`); default `ban.ban_time`.
         #[arg(long = "for", value_name = "DURATION")]
         duration: Option<String>,
+        /// Allow a prefix wider than /8 (IPv4) or /32 (IPv6).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -92,8 +95,21 @@ fn main() -> ExitCode {
             BansCommand::Add {
                 addr,
                 duration,
+                force,
                 admin: args,
-            } => admin(&args, Request::BansAdd { addr, duration }),
+            } => {
+                // Refused here too, so the slip is caught even with no daemon.
+                if let Some(reason) = sniroute::admin::too_wide(&addr).filter(|_| !force) {
+                    eprintln!("refused: {reason}");
+                    return ExitCode::from(1);
+                }
+                let request = Request::BansAdd {
+                    addr,
+                    duration,
+                    force,
+                };
+                admin(&args, request)
+            }
             BansCommand::Remove { addr, admin: args } => admin(&args, Request::BansRemove { addr }),
         },
     }

@@ -119,6 +119,13 @@ fn guard_body(echo: SocketAddr, dir: &Path, ban: &str, rate: &str) -> String {
     } else {
         "state_file = \"\"\n"
     };
+    // The probes come from 127.x.y.z and ::1, which the default `ignore`
+    // (loopback) would never strike: nothing ignored unless the test says so.
+    let state = if ban.contains("ignore") {
+        state.to_owned()
+    } else {
+        format!("{state}ignore = []\n")
+    };
     format!(
         "[[route]]\nsni = [\"{ROUTED}\"]\nbackend = \"{echo}\"\n\n\
          [ban]\nenabled = true\nstrike_on = [\"unknown_sni\", \"no_sni\", \"not_tls\"]\n{state}{ban}\n\n\

@@ -69,7 +69,9 @@ fn the_example_config_loads() {
         ]
     );
     assert_eq!(c.routes[0].backends, [addr("127.0.0.1:9443")]);
-    assert!(c.ban.enabled && c.ban.ignore.is_empty());
+    assert!(c.ban.enabled);
+    let ignore: Vec<String> = c.ban.ignore.iter().map(ToString::to_string).collect();
+    assert_eq!(ignore, ["127.0.0.0/8", "::1/128"]);
     assert_eq!(c.ban.state_file, Some(PathBuf::from("sniroute-bans.json")));
     assert_eq!(
         c.admin.socket,
@@ -99,6 +101,7 @@ fn the_example_config_states_every_default() {
     assert_eq!(example.defer_accept, minimal.defer_accept);
     assert_eq!(example.workers, minimal.workers);
     assert_eq!(example.ban.strike_on, minimal.ban.strike_on);
+    assert_eq!(example.ban.ignore, minimal.ban.ignore);
     assert_eq!(
         (
             example.ban.max_retry,
@@ -200,7 +203,7 @@ format = "text"                # "text" or "json"
         "  *.apps.example.org -> 10.0.0.6:443, 10.0.0.7:443",
         "unknown or missing SNI: reject",
         "ban: 1 strike within 1h -> banned for 365d",
-        "3 ignore entries",
+        "ban.ignore: 127.0.0.1/32, 192.0.2.10/32, 2001:db8::/48 (never struck",
         "rate limit: 20 new connections/s per address, burst 40",
         "metrics: http://127.0.0.1:9151/metrics",
         "admin socket: /run/sniroute/admin.sock",
@@ -230,7 +233,17 @@ fn a_minimal_config_gets_the_spec_defaults() {
     assert_eq!(c.ban.max_retry, 1);
     assert_eq!(c.ban.find_time, Duration::from_secs(3600));
     assert_eq!(c.ban.ban_time, Duration::from_secs(365 * 86400));
-    assert!(c.ban.ignore.is_empty());
+    let ignore: Vec<String> = c.ban.ignore.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        ignore,
+        ["127.0.0.0/8", "::1/128"],
+        "loopback is ignored by default"
+    );
+    assert!(
+        c.summary().contains("ban.ignore: 127.0.0.0/8, ::1/128 "),
+        "check prints the effective list:\n{}",
+        c.summary()
+    );
     assert_eq!(
         c.ban.strike_on,
         [

@@ -98,6 +98,7 @@ async fn status_and_bans_over_the_admin_socket() {
     let add = Request::BansAdd {
         addr: "203.0.113.7".into(),
         duration: Some("1h".into()),
+        force: false,
     };
     let Response::Done { message, bans } = ask(&d.socket, add).await else {
         panic!()
@@ -110,6 +111,7 @@ async fn status_and_bans_over_the_admin_socket() {
     let add = Request::BansAdd {
         addr: "10.0.0.0/8".into(),
         duration: None,
+        force: false,
     };
     assert!(matches!(ask(&d.socket, add).await, Response::Done { .. }));
     assert_eq!(
@@ -157,6 +159,7 @@ async fn banning_an_ignored_address_is_refused_with_a_reason() {
         let add = Request::BansAdd {
             addr: addr.into(),
             duration: None,
+            force: false,
         };
         let Response::Refused { message } = ask(&d.socket, add).await else {
             panic!("{addr}")
@@ -166,11 +169,13 @@ async fn banning_an_ignored_address_is_refused_with_a_reason() {
     let bad = Request::BansAdd {
         addr: "example.org".into(),
         duration: None,
+        force: false,
     };
     assert!(ask(&d.socket, bad).await.is_refused());
     let bad = Request::BansAdd {
         addr: "192.0.2.1".into(),
         duration: Some("soon".into()),
+        force: false,
     };
     assert!(ask(&d.socket, bad).await.is_refused());
     assert_eq!(d.guard.total_banned(), 0);

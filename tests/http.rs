@@ -287,7 +287,7 @@ async fn refusals_are_closed_without_a_byte_and_struck() {
     let router = http_router(&format!(
         "[[route]]\nsni = [\"app.test\"]\nbackend = \"{backend}\"\nhttp_backends = [\"{backend}\"]\n\n\
          [[route]]\nsni = [\"tls-only.test\"]\nbackend = \"{backend}\"\n\n\
-         [ban]\nenabled = true\nmax_retry = 1\nstate_file = \"\"\n"
+         [ban]\nenabled = true\nmax_retry = 1\nignore = []\nstate_file = \"\"\n"
     ))
     .await;
     let http = router.http_addr.unwrap();

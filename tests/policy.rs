@@ -104,7 +104,7 @@ async fn allow_lets_listed_sources_through_and_closes_others_with_denied() {
         router.stop().await.unwrap();
         spawn_router(&format!(
             "[[route]]\nsni = [\"app.test\"]\nbackend = \"{backend}\"\nallow = [\"127.0.0.2/32\"]\n\n\
-             [ban]\nenabled = true\nstate_file = \"\"\n"
+             [ban]\nenabled = true\nstate_file = \"\"\nignore = []\n"
         ))
         .await
     };
@@ -121,7 +121,7 @@ async fn denied_strikes_only_when_listed_in_strike_on() {
     let backend = spawn_echo_backend().await;
     let router = spawn_router(&format!(
         "[[route]]\nsni = [\"app.test\"]\nbackend = \"{backend}\"\nallow = [\"127.0.0.2\"]\n\n\
-         [ban]\nenabled = true\nstate_file = \"\"\nstrike_on = [\"denied\"]\n"
+         [ban]\nenabled = true\nstate_file = \"\"\nignore = []\nstrike_on = [\"denied\"]\n"
     ))
     .await;
     let hello = rustls_hello("app.test").await;

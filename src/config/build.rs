@@ -83,6 +83,20 @@ pub(super) fn build(src: &Source<'_>, raw: RawConfig, diags: &mut Vec<Diagnostic
 }
 
 /// `None` for `""`, the default when absent, else the path.
+/// `ban.ignore` when the key is absent: the machine itself, like fail2ban's
+/// `ignoreip = 127.0.0.1/8 ::1`, so a user testing from the same host (curl
+/// without SNI, a typo in a name) never bans themselves. An explicit list,
+/// even `[]`, replaces it.
+const DEFAULT_IGNORE: [&str; 2] = ["127.0.0.0/8", "::1/128"];
+
+/// [`DEFAULT_IGNORE`] as networks.
+fn default_ignore() -> Vec<ipnet::IpNet> {
+    DEFAULT_IGNORE
+        .iter()
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
 fn path_or_none(raw: Option<&str>, default: &str) -> Option<PathBuf> {
     match raw.unwrap_or(default) {
         "" => None,
@@ -552,7 +566,7 @@ impl Checker<'_, '_> {
             1..=128,
             "64 = one home network",
         );
-        let ignore = raw.ignore.as_ref().map_or_else(Vec::new, |list| {
+        let ignore = raw.ignore.as_ref().map_or_else(default_ignore, |list| {
             list.get_ref()
                 .iter()
                 .filter_map(|item| self.cidr("ban.ignore", item))

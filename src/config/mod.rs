@@ -214,7 +214,8 @@ pub struct BanConfig {
     pub find_time: Duration,
     /// `ban_time` (default "365d", > 0): how long a ban lasts.
     pub ban_time: Duration,
-    /// `ignore` (default empty): never struck, banned nor rate-limited; bare
+    /// `ignore` (default `["127.0.0.0/8", "::1"]`, the machine itself; an
+    /// explicit list replaces it): never struck, banned nor rate-limited; bare
     /// addresses become /32 or /128, host bits are cleared.
     pub ignore: Vec<IpNet>,
     /// `strike_on` (default unknown_sni, no_sni, not_tls, unknown_host,

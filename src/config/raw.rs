@@ -137,7 +137,7 @@ pub(super) struct RawBan {
     pub find_time: Option<Text>,
     /// Default "365d".
     pub ban_time: Option<Text>,
-    /// Default empty.
+    /// Default `["127.0.0.0/8", "::1"]`; an explicit list replaces it.
     pub ignore: Option<TextList>,
     /// Default `["unknown_sni", "no_sni", "not_tls", "unknown_host", "no_host", "not_http"]`.
     pub strike_on: Option<TextList>,

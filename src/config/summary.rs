@@ -52,6 +52,7 @@ impl Config {
             Some(route) => format!("unknown or missing SNI: forward, {}", route_line(route)),
         });
         lines.push(self.ban_line());
+        lines.push(self.ignore_line());
         let r = &self.rate_limit;
         lines.push(match r.per_ip {
             0 => "rate limit: off".to_string(),
@@ -118,7 +119,7 @@ impl Config {
             None => "memory only".to_string(),
         };
         format!(
-            "ban: {} strike{} within {} -> banned for {}; strike on {}; IPv6 per /{}; {} ignore entr{}; state {state}",
+            "ban: {} strike{} within {} -> banned for {}; strike on {}; IPv6 per /{}; state {state}",
             b.max_retry,
             if b.max_retry == 1 { "" } else { "s" },
             human(b.find_time),
@@ -129,9 +130,20 @@ impl Config {
                 strikes.join(", ")
             },
             b.ipv6_prefix,
-            b.ignore.len(),
-            if b.ignore.len() == 1 { "y" } else { "ies" },
         )
+    }
+
+    /// The effective `ban.ignore` list (the default one when the key is
+    /// absent), in full: whoever reads it learns who can never be banned.
+    fn ignore_line(&self) -> String {
+        let nets: Vec<String> = self.ban.ignore.iter().map(ToString::to_string).collect();
+        match nets.is_empty() {
+            true => "ban.ignore: none (every source can be struck, banned and rate-limited)".into(),
+            false => format!(
+                "ban.ignore: {} (never struck, banned or rate-limited)",
+                nets.join(", ")
+            ),
+        }
     }
 }
 

@@ -10,6 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// Wall-clock unix seconds as people read them: RFC 3339 UTC, whole
+/// seconds (`2021-10-10T15:55:36Z`). Every time sniroute prints goes through
+/// this or the access log's millisecond form, never as raw epoch seconds.
+pub fn rfc3339(unix_secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_secs)).to_string()
+}
+
 /// A time source for the guard.
 pub trait Clock: Send + Sync + 'static {
     /// Monotonic time since an arbitrary origin fixed when the clock was made.

@@ -278,7 +278,7 @@ impl Guard {
         self.added(source, &entry);
         self.total_banned.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("sniroute_bans_total", "source" => "strike").increment(1);
-        tracing::info!(%source, reason = outcome.as_str(), strikes, until = entry.expires_at, "banned");
+        tracing::info!(%source, reason = outcome.as_str(), strikes, until = %clock::rfc3339(entry.expires_at), "banned");
         self.changed();
     }
 
@@ -329,7 +329,7 @@ impl Guard {
             self.total_banned.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("sniroute_bans_total", "source" => "manual").increment(1);
         }
-        tracing::info!(source = %net, until = entry.expires_at, "banned by hand");
+        tracing::info!(source = %net, until = %clock::rfc3339(entry.expires_at), "banned by hand");
         self.added(net, &entry);
         self.changed();
         Ok(entry.to_ban(&net))

@@ -4,7 +4,7 @@
 //! fsynced, renamed over the old file, and the directory is fsynced, so the
 //! file on disk is always either the old or the new complete document. A
 //! file that cannot be read or parsed is logged and renamed aside
-//! (`bans.json.corrupt-<unix time>`) so nothing is lost silently, and the
+//! (`bans.json.corrupt-<UTC time>`, like `bans.json.corrupt-20211010T155536Z`) so nothing is lost silently, and the
 //! daemon starts without it.
 
 use std::fs::{self, File};
@@ -51,7 +51,7 @@ impl StateFile {
     }
 
     /// Reads the bans. A missing file is an empty list. An unreadable or
-    /// corrupt file is reported, moved aside to `<path>.corrupt-<now_unix>`,
+    /// corrupt file is reported, moved aside to `<path>.corrupt-<UTC time>`,
     /// and read as an empty list.
     pub fn load(&self, now_unix: u64) -> Vec<Ban> {
         let text = match fs::read(&self.path) {
@@ -73,10 +73,10 @@ impl StateFile {
         }
     }
 
-    /// Renames the current file to `<path>.corrupt-<now_unix>`.
+    /// Renames the current file to `<path>.corrupt-<UTC time>` (see [`aside_suffix`]).
     fn move_aside(&self, now_unix: u64) {
         let mut aside = self.path.clone().into_os_string();
-        aside.push(format!(".corrupt-{now_unix}"));
+        aside.push(aside_suffix(now_unix));
         let aside = PathBuf::from(aside);
         match fs::rename(&self.path, &aside) {
             Ok(()) => {
@@ -141,6 +141,16 @@ fn parse(text: &[u8]) -> Result<Vec<Ban>, String> {
     Ok(doc.bans)
 }
 
+/// `.corrupt-20211010T155536Z`: the time in RFC 3339's basic form (no `:`,
+/// which some tools mistake for a host or drive separator in file names).
+pub fn aside_suffix(now_unix: u64) -> String {
+    let time: String = super::clock::rfc3339(now_unix)
+        .chars()
+        .filter(|c| !matches!(c, '-' | ':'))
+        .collect();
+    format!(".corrupt-{time}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,9 +213,9 @@ mod tests {
         let path = dir.path().join("bans.json");
         fs::write(&path, b"{\"version\":1,\"bans\":[{\"net\":\"203.0.113").unwrap();
         let state = StateFile::new(&path).unwrap();
-        assert!(state.load(1234).is_empty());
+        assert!(state.load(1_633_881_336).is_empty());
         assert!(!path.exists());
-        let aside = dir.path().join("bans.json.corrupt-1234");
+        let aside = dir.path().join("bans.json.corrupt-20211010T155536Z");
         assert!(fs::read(aside).unwrap().starts_with(b"{\"version\""));
     }
 
@@ -215,6 +225,10 @@ mod tests {
         let path = dir.path().join("bans.json");
         fs::write(&path, render(&[ban("not-an-address")]).unwrap()).unwrap();
         assert!(StateFile::new(&path).unwrap().load(5).is_empty());
-        assert!(dir.path().join("bans.json.corrupt-5").exists());
+        assert!(
+            dir.path()
+                .join("bans.json.corrupt-19700101T000005Z")
+                .exists()
+        );
     }
 }

@@ -298,7 +298,7 @@ fn corrupt_state_file_is_kept_aside_and_the_guard_starts() {
     assert!(g.bans().is_empty());
     assert!(
         dir.path()
-            .join(format!("bans.json.corrupt-{START}"))
+            .join(format!("bans.json{}", super::state::aside_suffix(START)))
             .exists()
     );
     g.ban_manual("203.0.113.7", None).unwrap();
