@@ -117,21 +117,20 @@ async fn serve(
     entry.route = Some(route.name.clone());
     allowed(route, peer)?;
 
-    let backends = match protocol {
-        Protocol::Tls => &route.backends,
-        Protocol::Http => &route.http_backends,
+    let pool = match protocol {
+        Protocol::Tls => snapshot.pool(index).ok_or(Outcome::UnknownSni)?,
+        Protocol::Http => snapshot.http_pool(index).ok_or(Outcome::UnknownHost)?,
     };
     let started = Instant::now();
-    let (mut backend, backend_addr) = forward::connect(backends, limits.connect_timeout)
-        .await
-        .map_err(|e| {
-            tracing::warn!(route = %route.name, "no backend reachable: {}", e.last);
-            meters.backend_errors.increment(1);
-            Outcome::BackendError
-        })?;
+    let (mut backend, lease) = pool.connect(limits.connect_timeout).await.map_err(|e| {
+        tracing::warn!(route = %route.name, "no backend reachable: {}", e.last);
+        meters.backend_errors.increment(1);
+        Outcome::BackendError
+    })?;
     meters
         .connect_seconds
         .record(started.elapsed().as_secs_f64());
+    let backend_addr = lease.addr();
     entry.backend = Some(backend_addr);
 
     // The PROXY header (if any) and the head go out in one write.
@@ -228,19 +227,15 @@ fn allowed(route: &Route, peer: SocketAddr) -> Result<(), Outcome> {
     }
 }
 
-/// The route for an HTTP request's host: one with `http_backends`; notes
-/// the host in `entry` (the log's `sni` field).
+/// The route for an HTTP request's host (the one a hello without ALPN
+/// would get), if it has `http_backends`; notes the host in `entry` (the
+/// log's `sni` field).
 fn choose_http(snapshot: &Snapshot, request: Request, entry: &mut Entry) -> Result<usize, Outcome> {
     entry.sni = Some(request.host.as_str().to_owned());
     snapshot
         .routes
         .lookup(&request.host)
-        .filter(|&index| {
-            snapshot
-                .routes
-                .get(index)
-                .is_some_and(|route| !route.http_backends.is_empty())
-        })
+        .filter(|&index| snapshot.http_pool(index).is_some())
         .ok_or(Outcome::UnknownHost)
 }
 

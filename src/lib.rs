@@ -20,6 +20,7 @@
 
 pub mod accesslog;
 pub mod admin;
+pub mod balance;
 pub mod cidr;
 pub mod clienthello;
 pub mod config;

@@ -104,6 +104,18 @@ fn describe() {
         "sniroute_backend_connect_seconds",
         "Backend TCP connect time, per route."
     );
+    describe_gauge!(
+        "sniroute_backend_up",
+        "1 when the backend is in service for the route, 0 when health checks took it out or it refused the last try."
+    );
+    describe_counter!(
+        "sniroute_backend_connections_total",
+        "Connections handed to each backend of a route."
+    );
+    describe_counter!(
+        "sniroute_backend_connect_failures_total",
+        "Failed connects to each backend of a route (client tries, not health checks)."
+    );
     describe_counter!(
         "sniroute_config_reloads_total",
         "Config reload attempts by result."
@@ -195,6 +207,37 @@ impl RouteMetrics {
         m.active.increment(0.0);
         m.bytes.up.increment(0);
         m.bytes.down.increment(0);
+        m
+    }
+}
+
+/// Handles for one backend of one route, labelled with both (the address as
+/// written in the config).
+#[derive(Clone)]
+pub struct BackendMetrics {
+    /// `sniroute_backend_up{route,backend}`.
+    pub up: Gauge,
+    /// `sniroute_backend_connections_total{route,backend}`.
+    pub connections: Counter,
+    /// `sniroute_backend_connect_failures_total{route,backend}`.
+    pub failures: Counter,
+}
+
+impl BackendMetrics {
+    /// Registers the series (so they exist from start-up); `up` starts at `up`.
+    pub fn new(route: &str, backend: SocketAddr, up: bool) -> BackendMetrics {
+        let labels = [
+            ("route", route.to_owned()),
+            ("backend", backend.to_string()),
+        ];
+        let m = BackendMetrics {
+            up: gauge!("sniroute_backend_up", &labels),
+            connections: counter!("sniroute_backend_connections_total", &labels),
+            failures: counter!("sniroute_backend_connect_failures_total", &labels),
+        };
+        m.up.set(if up { 1.0 } else { 0.0 });
+        m.connections.increment(0);
+        m.failures.increment(0);
         m
     }
 }

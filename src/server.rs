@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::accesslog::AccessLog;
 use crate::admin::AdminServer;
+use crate::balance::Checks;
 use crate::config::{self, Config};
 use crate::conn::Protocol;
 use crate::guard::Guard;
@@ -154,6 +155,9 @@ impl Server {
             }
             None => None,
         };
+        // Health checks of the routes in force; replaced on reload (the old
+        // ones stop when dropped), stopped at the end.
+        let mut checks = Checks::start(shared.snapshot().all_pools());
         lifecycle::notify_ready();
 
         loop {
@@ -169,6 +173,10 @@ impl Server {
                         &mut accepting,
                         !self.activated,
                     );
+                    if result.is_ok() {
+                        // The new routes' checks start; the old ones stop.
+                        checks = Checks::start(shared.snapshot().all_pools());
+                    }
                     if let Some(reply) = reply {
                         let _ = reply.send(result);
                     }
@@ -178,6 +186,7 @@ impl Server {
             }
         }
 
+        drop(checks);
         lifecycle::notify_stopping();
         tracing::info!("stopping: no new connections");
         accepting.stop_all();
@@ -335,7 +344,7 @@ fn apply_config(
         config.routes.len()
     );
     crate::metrics::limits(config.limits.max_connections);
-    shared.swap(Snapshot::new(config));
+    shared.swap(Snapshot::after(config, Some(&shared.snapshot())));
     Ok(summary)
 }
 

@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{Notify, oneshot};
 
 use crate::accesslog::AccessLog;
+use crate::balance::Pool;
 use crate::config::{Config, Route};
 use crate::guard::Guard;
 use crate::metrics::{ConnMetrics, RouteMetrics};
@@ -25,26 +26,86 @@ pub struct Snapshot {
     pub routes: RouteTable,
     /// Parallel to `routes.routes()`.
     pub route_metrics: Vec<RouteMetrics>,
+    /// Each route's backend pool, parallel to `routes.routes()`.
+    pub pools: Vec<Arc<Pool>>,
+    /// Each route's pool of `http_backends` (`None` without), parallel to
+    /// `routes.routes()`: same `balance` and `health_check` as `backends`.
+    pub http_pools: Vec<Option<Arc<Pool>>>,
 }
 
 impl Snapshot {
     pub fn new(config: Config) -> Snapshot {
+        Snapshot::after(config, None)
+    }
+
+    /// The snapshot of `config` replacing `previous` (on reload): backend
+    /// health carries over to the pool of the same route name.
+    pub fn after(config: Config, previous: Option<&Snapshot>) -> Snapshot {
         let routes = RouteTable::new(&config.routes, config.fallback.as_ref());
         let route_metrics = routes
             .routes()
             .iter()
             .map(|r| RouteMetrics::new(r))
             .collect();
+        let pools = routes
+            .routes()
+            .iter()
+            .map(|r| Arc::new(Pool::new(r, previous.and_then(|p| p.pool_named(&r.name)))))
+            .collect();
+        let http_pools = routes
+            .routes()
+            .iter()
+            .map(|r| {
+                (!r.http_backends.is_empty()).then(|| {
+                    let previous = previous.and_then(|p| p.http_pool_named(&r.name));
+                    let (balance, check) = (r.balance, r.health_check);
+                    Arc::new(Pool::of(
+                        &r.name,
+                        &r.http_backends,
+                        balance,
+                        check,
+                        previous,
+                    ))
+                })
+            })
+            .collect();
         Snapshot {
             config,
             routes,
             route_metrics,
+            pools,
+            http_pools,
         }
     }
 
     /// The route at `index` and its metric handles.
     pub fn route(&self, index: usize) -> Option<(&Route, &RouteMetrics)> {
         Some((self.routes.get(index)?, self.route_metrics.get(index)?))
+    }
+
+    /// The backend pool of the route at `index`.
+    pub fn pool(&self, index: usize) -> Option<&Pool> {
+        self.pools.get(index).map(|p| &**p)
+    }
+
+    /// The pool of the `http_backends` of the route at `index`, if it has any.
+    pub fn http_pool(&self, index: usize) -> Option<&Pool> {
+        self.http_pools.get(index)?.as_deref()
+    }
+
+    /// Every pool, `backends` and `http_backends` (for the health checks).
+    pub fn all_pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.pools.iter().chain(self.http_pools.iter().flatten())
+    }
+
+    fn pool_named(&self, name: &str) -> Option<&Pool> {
+        let index = self.routes.routes().iter().position(|r| r.name == name)?;
+        self.pool(index)
+    }
+
+    fn http_pool_named(&self, name: &str) -> Option<&Pool> {
+        let index = self.routes.routes().iter().position(|r| r.name == name)?;
+        self.http_pool(index)
     }
 }
 

@@ -919,3 +919,92 @@ fn bad_route_policy_keys_point_at_the_value() {
     assert!(Outcome::STRIKABLE.contains(&Outcome::Denied));
     assert!(!parse(MINIMAL).ban.strike_on.contains(&Outcome::Denied));
 }
+
+#[test]
+fn http_listen_and_http_backends_are_typed() {
+    let c = parse(
+        "listen = [\"0.0.0.0:443\"]\n[http]\nlisten = [\"0.0.0.0:80\", \"[::]:80\"]\n\
+         [[route]]\nsni = [\"a.example.org\"]\nbackend = \"10.0.0.5:443\"\nhttp_backends = [\"10.0.0.5:80\", \"[2001:db8::5]:80\"]\n\
+         [[route]]\nsni = [\"b.example.org\"]\nbackend = \"10.0.0.6:443\"\n",
+    );
+    assert_eq!(c.http.listen, [addr("0.0.0.0:80"), addr("[::]:80")]);
+    assert_eq!(
+        c.routes[0].http_backends,
+        [addr("10.0.0.5:80"), addr("[2001:db8::5]:80")]
+    );
+    assert!(c.routes[1].http_backends.is_empty());
+    let summary = c.summary();
+    assert!(
+        summary.contains(
+            "http listen: 0.0.0.0:80, [::]:80 (plain HTTP by Host, 1 route with http_backends)"
+        ),
+        "{summary}"
+    );
+    assert!(
+        summary
+            .contains("a.example.org -> 10.0.0.5:443; plain HTTP -> 10.0.0.5:80, [2001:db8::5]:80"),
+        "{summary}"
+    );
+    // Port 0 in both lists is two kernel-chosen ports, not a clash.
+    let c = parse(
+        "listen = [\"127.0.0.1:0\"]\n[http]\nlisten = [\"127.0.0.1:0\"]\n[[route]]\nsni = [\"a.example.org\"]\nbackend = \"10.0.0.5:443\"\n",
+    );
+    assert_eq!(c.http.listen, [addr("127.0.0.1:0")]);
+}
+
+#[test]
+fn http_mistakes_are_reported_at_their_place() {
+    for (extra, line, col, message) in [
+        (
+            "[http]\nlisten = [\"0.0.0.0:443\"]\n",
+            6,
+            11,
+            "http.listen: 0.0.0.0:443 is also the top-level listen (TLS); a listener serves one protocol; use another port",
+        ),
+        (
+            "[http]\nlisten = [\"127.0.0.1:9151\"]\n",
+            6,
+            11,
+            "http.listen: 127.0.0.1:9151 is also the metrics endpoint (metrics.listen, default 127.0.0.1:9151); use another port",
+        ),
+        (
+            "[http]\nlisten = [\"0.0.0.0:80\", \"0.0.0.0:80\"]\n",
+            6,
+            25,
+            "http.listen: 0.0.0.0:80 is listed twice",
+        ),
+        (
+            "[http]\nlisten = \"0.0.0.0:80\"\n",
+            6,
+            10,
+            "http.listen: expected an array of addresses like [\"0.0.0.0:80\", \"[::]:80\"], found string \"0.0.0.0:80\"",
+        ),
+        (
+            "[http]\nlisen = [\"0.0.0.0:80\"]\n",
+            6,
+            1,
+            "unknown key \"lisen\" in [http] (did you mean \"listen\"?)",
+        ),
+    ] {
+        let (l, c, m) = only_error(&with(extra));
+        assert_eq!((l, c, m.as_str()), (line, col, message), "{extra}");
+    }
+    let route = |keys: &str| {
+        format!(
+            "listen = [\"0.0.0.0:443\"]\n[[route]]\nsni = [\"a.example.org\"]\nbackend = \"10.0.0.5:443\"\n{keys}"
+        )
+    };
+    let (l, c, m) = only_error(&route("http_backends = []\n"));
+    assert_eq!((l, c), (5, 17));
+    assert!(m.starts_with("route[1].http_backends: empty"), "{m}");
+    let (l, c, m) = only_error(&route("http_backends = [\"10.0.0.5\"]\n"));
+    assert_eq!((l, c), (5, 18));
+    assert!(m.starts_with("route[1].http_backends: "), "{m}");
+    let (_, _, m) = only_error(&route(
+        "alpn = [\"h2\"]\nhttp_backends = [\"10.0.0.5:80\"]\n",
+    ));
+    assert!(
+        m.starts_with("route[1].http_backends: plain HTTP has no ALPN"),
+        "{m}"
+    );
+}

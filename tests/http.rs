@@ -506,3 +506,31 @@ async fn reload_follows_http_listen_and_moves_an_address_between_protocols() {
     assert!(refused.is_ok(), "{moving} still accepts");
     router.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_backends_share_the_routes_balance_policy() {
+    let (a, mut rx_a) = spawn_recording_backend().await;
+    let (b, mut rx_b) = spawn_recording_backend().await;
+    let router = http_router(&format!(
+        "[[route]]\nsni = [\"app.test\"]\nbackend = \"{}\"\nhttp_backends = [\"{a}\", \"{b}\"]\nbalance = \"round_robin\"\n",
+        refusing_addr()
+    ))
+    .await;
+    let http = router.http_addr.unwrap();
+    let request = b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n";
+    for _ in 0..10 {
+        let (local, _) = exchange(http, request).await;
+        assert_eq!(router.wait_outcome(local).await["outcome"], "routed");
+    }
+    let (mut to_a, mut to_b) = (0, 0);
+    while let Ok(got) = rx_a.try_recv() {
+        assert_eq!(got, request);
+        to_a += 1;
+    }
+    while let Ok(got) = rx_b.try_recv() {
+        assert_eq!(got, request);
+        to_b += 1;
+    }
+    assert_eq!((to_a, to_b), (5, 5));
+    router.stop().await.unwrap();
+}

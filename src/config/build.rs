@@ -218,6 +218,13 @@ impl Checker<'_, '_> {
                 route.proxy_protocol.as_ref(),
             );
             let http_backends = self.http_backends(&path, route.http_backends.as_ref());
+            if let Some(list) = route.http_backends.as_ref().filter(|_| !alpn.is_empty()) {
+                let msg = format!(
+                    "{path}.http_backends: plain HTTP has no ALPN, so it goes to the route \
+                     without \"alpn\" for these names; set http_backends there"
+                );
+                self.err(list.span(), msg);
+            }
             let allow = route.allow.as_ref().map(|list| {
                 let nets: Vec<_> = list
                     .get_ref()
@@ -467,7 +474,15 @@ impl Checker<'_, '_> {
             );
             self.err(list.span(), msg);
         }
-        self.addr_list(&path, list)
+        let addrs = self.addr_list(&path, list);
+        if addrs.len() > MAX_BACKENDS {
+            let msg = format!(
+                "{path}: {} addresses; a route holds at most {MAX_BACKENDS}",
+                addrs.len()
+            );
+            self.err(list.span(), msg);
+        }
+        addrs
     }
 
     /// `[http]`: its `listen` addresses, none of them also a TLS listener
