@@ -270,7 +270,15 @@ async fn curl_reaches_nginx_through_sniroute_by_host() {
     );
     assert_eq!(nginx.requests(), before + 2);
 
-    let lines = router.log_lines();
+    // A line is written once both sides closed, maybe after curl returned.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let lines = loop {
+        let lines = router.log_lines();
+        if lines.len() >= 4 || tokio::time::Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(POLL).await;
+    };
     let routed: Vec<_> = lines.iter().filter(|l| l["outcome"] == "routed").collect();
     assert_eq!(routed.len(), 4, "{lines:?}");
     assert!(routed.iter().any(|l| l["sni"] == "app.test"
