@@ -478,12 +478,17 @@ fn bans_table(bans: &[Ban]) -> String {
     for b in bans {
         let _ = writeln!(
             out,
-            "{:<width$}  {:<13}  {:>7}  {:<20}  {}",
+            "{:<width$}  {:<13}  {:>7}  {:<20}  {}{}",
             b.net,
             b.reason,
             b.strikes,
             time(b.banned_at),
-            time(b.expires_at)
+            time(b.expires_at),
+            if b.kernel {
+                ""
+            } else {
+                "  (behind a balancer)"
+            },
         );
     }
     out
@@ -580,6 +585,7 @@ mod tests {
             strikes: 1,
             banned_at: 1_633_881_336,
             expires_at: 1_665_417_336,
+            kernel: true,
         };
         let text = bans_table(&[ban]);
         let mut lines = text.lines();
@@ -600,6 +606,7 @@ mod tests {
             strikes: 0,
             banned_at: 1_633_881_336,
             expires_at: 1_665_417_336,
+            kernel: true,
         };
         let response = Response::Bans { bans: vec![ban] };
         let json: serde_json::Value = serde_json::to_value(&response).unwrap();

@@ -1,9 +1,15 @@
 //! The story of one client connection, from accept to close, and its single
-//! [`Outcome`]: read the head (the TLS ClientHello, or on `[http]` listeners
-//! the HTTP request head) and pick the route from it, check its `allow`
-//! list, connect, replay the head, relay. Only the first step knows the
-//! [`Protocol`]. Every early exit is an `Err(Outcome)`; [`finish`] writes the
-//! one log line, the one metric update and the strike.
+//! [`Outcome`]: (from a trusted balancer: read its PROXY header, admit the
+//! client it names), read the head — the TLS ClientHello, or on `[http]`
+//! listeners the HTTP request head — and pick the route from it, check its
+//! `allow` list, connect, replay the head, relay. Only the head step knows
+//! the listener's [`Protocol`]. Every early exit is an `Err(Outcome)`;
+//! [`finish`] writes the one log line, the one metric update and the strike.
+//!
+//! Who the connection is from is its [`Source`]: the peer itself, or the
+//! client a trusted balancer's header names, which then stands in for the
+//! peer everywhere (admission, `allow`, strikes, log, the backend's PROXY
+//! header). A balancer itself is never struck.
 //!
 //! The client socket reaches [`start`] unregistered: if its head is already
 //! there (always with `defer_accept`), a refusal costs accept + read + close,
@@ -23,6 +29,7 @@ use crate::forward::{self, RelayOptions};
 use crate::httphead::{self, Request};
 use crate::outcome::Outcome;
 use crate::peek::{self, Head};
+use crate::proxyheader::Endpoints;
 use crate::shared::{Shared, Slot, Snapshot};
 
 /// What a listener's clients send first, so how a connection is routed.
@@ -35,6 +42,48 @@ pub enum Protocol {
     Http,
 }
 
+/// Who a connection speaks for: decided at accept (a trusted balancer or
+/// not), then by a balancer's PROXY header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A client that connected itself.
+    Direct(SocketAddr),
+    /// A trusted balancer (`proxy_protocol.accept_from`) before its header,
+    /// or speaking for itself (LOCAL, UNKNOWN, or naming a trusted address):
+    /// never struck, banned nor rate-limited.
+    Balancer(SocketAddr),
+    /// The client a trusted balancer's header named, and the address it
+    /// connected to at the balancer. Its bans stay out of the kernel set.
+    Proxied { client: SocketAddr, to: SocketAddr },
+}
+
+impl Source {
+    /// The address the connection is judged and logged under.
+    pub fn addr(self) -> SocketAddr {
+        match self {
+            Source::Direct(addr) | Source::Balancer(addr) => addr,
+            Source::Proxied { client, .. } => client,
+        }
+    }
+}
+
+/// The client socket, handed to the reactor only once it must wait.
+enum Socket {
+    Fresh(std::net::TcpStream),
+    Registered(TcpStream),
+}
+
+impl Socket {
+    /// Hands the client socket to the reactor (if not done yet). Fails only
+    /// when the kernel is out of epoll watches or memory.
+    fn register(self) -> Result<TcpStream, Outcome> {
+        match self {
+            Socket::Fresh(client) => TcpStream::from_std(client).map_err(|_| Outcome::Overloaded),
+            Socket::Registered(client) => Ok(client),
+        }
+    }
+}
+
 /// Takes over an admitted connection (non-blocking, not yet registered with
 /// the reactor). `slot` holds its place under `max_connections` until the end.
 pub fn start(
@@ -42,15 +91,22 @@ pub fn start(
     snapshot: Arc<Snapshot>,
     protocol: Protocol,
     client: std::net::TcpStream,
-    peer: SocketAddr,
+    source: Source,
     accepted: Instant,
     slot: Slot,
 ) {
     let shared = Arc::clone(shared);
     tokio::spawn(async move {
         let mut entry = Entry::default();
+        let mut source = source;
         let served = serve(
-            &shared, &snapshot, protocol, client, peer, accepted, &mut entry,
+            &shared,
+            &snapshot,
+            protocol,
+            client,
+            &mut source,
+            accepted,
+            &mut entry,
         )
         .await;
         let outcome = match served {
@@ -58,22 +114,23 @@ pub fn start(
             Err(outcome) => outcome,
         };
         drop(slot);
-        finish(&shared, peer, outcome, &entry, accepted);
+        finish(&shared, source, outcome, &entry, accepted);
     });
 }
 
 /// Records how a connection ended: metric, strike, log line.
-pub fn finish(
-    shared: &Shared,
-    peer: SocketAddr,
-    outcome: Outcome,
-    entry: &Entry,
-    accepted: Instant,
-) {
+pub fn finish(shared: &Shared, source: Source, outcome: Outcome, entry: &Entry, accepted: Instant) {
     shared.metrics.ended(outcome);
-    // Counts every outcome for `status`; strikes only those in `strike_on`.
-    shared.guard.strike(peer.ip().to_canonical(), outcome);
-    shared.log.write(peer, outcome, entry, accepted.elapsed());
+    // Counts every outcome for `status`; strikes only those in `strike_on`,
+    // and never a trusted balancer.
+    match source {
+        Source::Direct(peer) => shared.guard.strike(peer.ip().to_canonical(), outcome),
+        Source::Proxied { client, .. } => shared.guard.strike_proxied(client.ip(), outcome),
+        Source::Balancer(_) => shared.guard.count(outcome),
+    }
+    shared
+        .log
+        .write(source.addr(), outcome, entry, accepted.elapsed());
 }
 
 async fn serve(
@@ -81,15 +138,33 @@ async fn serve(
     snapshot: &Snapshot,
     protocol: Protocol,
     client: std::net::TcpStream,
-    peer: SocketAddr,
+    source: &mut Source,
     accepted: Instant,
     entry: &mut Entry,
 ) -> Result<(), Outcome> {
     let config = &snapshot.config;
     let limits = &config.limits;
+    let deadline = accepted + limits.client_hello_timeout;
+    let mut head = Vec::new();
+
+    // A trusted balancer speaks first: its PROXY header names the client,
+    // who is then admitted (bans, rate limit) as if it had connected itself.
+    // The bytes after the header are the start of the head.
+    let client = match *source {
+        Source::Balancer(balancer) => {
+            let (client, named) =
+                read_proxy_header(snapshot, client, balancer, deadline, &mut head).await?;
+            *source = named;
+            if let Source::Proxied { client, .. } = named {
+                shared.guard.admit(client.ip())?;
+            }
+            client
+        }
+        Source::Direct(_) | Source::Proxied { .. } => Socket::Fresh(client),
+    };
+    let peer = source.addr();
 
     // Read the head (kept, to replay it) and pick the route from it.
-    let mut head = Vec::new();
     let (index, client) = match protocol {
         Protocol::Tls => {
             let choose = |hello| choose(snapshot, hello, entry);
@@ -138,7 +213,12 @@ async fn serve(
     let preamble = match route.proxy_protocol {
         ProxyProtocol::None => head,
         kind => {
-            let local = client.local_addr().map_err(|_| Outcome::BackendError)?;
+            let local = match *source {
+                Source::Proxied { to, .. } => to,
+                Source::Direct(_) | Source::Balancer(_) => {
+                    client.local_addr().map_err(|_| Outcome::BackendError)?
+                }
+            };
             // A PROXY header is at most 107 bytes (v1; v2 is at most 52).
             let mut preamble = Vec::with_capacity(head.len() + 107);
             forward::proxy_header(kind, peer, local, &mut preamble);
@@ -171,15 +251,16 @@ async fn serve(
     Ok(())
 }
 
-/// Reads the head with `parser` and picks its route with `choose`. When the
-/// head is already here (always with `defer_accept`; otherwise only when the
-/// accept queue was backed up: it usually arrives a few microseconds after
-/// the handshake), a refusal costs no registration with the reactor and no
-/// timer. Else the socket waits in the reactor, until the hello timeout.
+/// Reads the head with `parser` (after what `buf` already holds) and picks
+/// its route with `choose`. When the head is already here (always with
+/// `defer_accept`; otherwise only when the accept queue was backed up: it
+/// usually arrives a few microseconds after the handshake), a refusal costs
+/// no registration with the reactor and no timer. Else the socket waits in
+/// the reactor, until the hello timeout.
 async fn read_head<H: Head>(
     shared: &Shared,
     snapshot: &Snapshot,
-    client: std::net::TcpStream,
+    client: Socket,
     accepted: Instant,
     buf: &mut Vec<u8>,
     mut parser: H,
@@ -187,13 +268,17 @@ async fn read_head<H: Head>(
 ) -> Result<(usize, TcpStream), Outcome> {
     let limits = &snapshot.config.limits;
     let max_len = limits.max_client_hello;
-    match peek::read_now(&client, max_len, buf, &mut parser) {
+    let early = match &client {
+        Socket::Fresh(client) => peek::read_now(client, max_len, buf, &mut parser),
+        Socket::Registered(_) => peek::decide(&mut parser, buf, max_len),
+    };
+    match early {
         Some(verdict) => {
             hello_seconds(shared, accepted);
-            Ok((choose(verdict?)?, register(client)?))
+            Ok((choose(verdict?)?, client.register()?))
         }
         None => {
-            let mut client = register(client)?;
+            let mut client = client.register()?;
             let deadline = accepted + limits.client_hello_timeout;
             let verdict = peek::read_head(&mut client, max_len, deadline, buf, &mut parser).await;
             hello_seconds(shared, accepted);
@@ -202,10 +287,38 @@ async fn read_head<H: Head>(
     }
 }
 
-/// Hands the client socket to the reactor. Fails only when the kernel is out
-/// of epoll watches or memory.
-fn register(client: std::net::TcpStream) -> Result<TcpStream, Outcome> {
-    TcpStream::from_std(client).map_err(|_| Outcome::Overloaded)
+/// Reads a trusted balancer's PROXY header into `buf` and leaves there only
+/// the bytes after it; says whom it names. LOCAL, UNKNOWN and a header naming
+/// a trusted address leave the balancer speaking for itself (the spec: use
+/// the connection's own endpoints).
+async fn read_proxy_header(
+    snapshot: &Snapshot,
+    client: std::net::TcpStream,
+    balancer: SocketAddr,
+    deadline: Instant,
+    buf: &mut Vec<u8>,
+) -> Result<(Socket, Source), Outcome> {
+    let (header, client) = match peek::read_header_now(&client, buf) {
+        Some(header) => (header?, Socket::Fresh(client)),
+        None => {
+            let mut client = Socket::Fresh(client).register()?;
+            let header = peek::read_proxy_header(&mut client, deadline, buf).await?;
+            (header, Socket::Registered(client))
+        }
+    };
+    buf.drain(..header.len.min(buf.len()));
+    let trusted = &snapshot.config.proxy_protocol.accept_from;
+    let source = match header.endpoints {
+        Endpoints::Tcp {
+            source,
+            destination,
+        } if !trusted.contains(source.ip()) => Source::Proxied {
+            client: source,
+            to: destination,
+        },
+        Endpoints::Tcp { .. } | Endpoints::Local | Endpoints::Unknown => Source::Balancer(balancer),
+    };
+    Ok((client, source))
 }
 
 /// The route for `hello`, after the version policy; notes the SNI and the
@@ -217,14 +330,6 @@ fn choose(snapshot: &Snapshot, hello: ClientHello, entry: &mut Entry) -> Result<
         return Err(Outcome::Policy);
     }
     snapshot.routes.pick(hello.sni.as_ref(), &hello.alpn)
-}
-
-/// The route's `allow` list: a source outside it ends `denied`.
-fn allowed(route: &Route, peer: SocketAddr) -> Result<(), Outcome> {
-    match &route.allow {
-        Some(allow) if !allow.contains(peer.ip()) => Err(Outcome::Denied),
-        _ => Ok(()),
-    }
 }
 
 /// The route for an HTTP request's host (the one a hello without ALPN
@@ -239,7 +344,15 @@ fn choose_http(snapshot: &Snapshot, request: Request, entry: &mut Entry) -> Resu
         .ok_or(Outcome::UnknownHost)
 }
 
-/// Time from accept to the hello's (or request head's) verdict.
+/// The route's `allow` list: a source outside it ends `denied`.
+fn allowed(route: &Route, peer: SocketAddr) -> Result<(), Outcome> {
+    match &route.allow {
+        Some(allow) if !allow.contains(peer.ip()) => Err(Outcome::Denied),
+        _ => Ok(()),
+    }
+}
+
+/// Time from accept to the head's verdict.
 fn hello_seconds(shared: &Shared, accepted: Instant) {
     shared
         .metrics

@@ -35,6 +35,7 @@ pub mod logging;
 pub mod metrics;
 pub mod outcome;
 pub mod peek;
+pub mod proxyheader;
 pub mod routes;
 pub mod server;
 pub mod shared;

@@ -1,6 +1,7 @@
 //! Accept loops: accept, admit (bans, rate limit), take a slot under
 //! `max_connections`, hand the socket to [`conn::start`] with the listener's
-//! [`Protocol`] (TLS, or plain HTTP). Nothing here waits on a client.
+//! [`Protocol`] (TLS, or plain HTTP). Nothing here waits
+//! on a client.
 //!
 //! Accepted sockets are plain non-blocking `std` sockets, not yet registered
 //! with the reactor: a banned address is closed, and a hello that arrived
@@ -18,7 +19,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::accesslog::Entry;
-use crate::conn::{self, Protocol};
+use crate::conn::{self, Protocol, Source};
 use crate::outcome::Outcome;
 use crate::shared::Shared;
 
@@ -128,12 +129,21 @@ fn is_exhaustion(e: &io::Error) -> bool {
     [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM].contains(&errno)
 }
 
-/// Decides at accept time; a refused connection is closed before a byte is read.
+/// Decides at accept time; a refused connection is closed before a byte is
+/// read. A trusted balancer is not checked against bans and rate limits: the
+/// client its PROXY header names is, in `conn`.
 fn admit(shared: &Arc<Shared>, stream: std::net::TcpStream, peer: SocketAddr, protocol: Protocol) {
     let accepted = Instant::now();
-    if let Err(outcome) = shared.guard.admit(peer.ip().to_canonical()) {
+    let source = if shared.trusts(peer.ip()) {
+        Source::Balancer(peer)
+    } else {
+        Source::Direct(peer)
+    };
+    if let Source::Direct(_) = source
+        && let Err(outcome) = shared.guard.admit(peer.ip().to_canonical())
+    {
         drop(stream);
-        conn::finish(shared, peer, outcome, &Entry::default(), accepted);
+        conn::finish(shared, source, outcome, &Entry::default(), accepted);
         return;
     }
     let snapshot = shared.snapshot();
@@ -141,12 +151,12 @@ fn admit(shared: &Arc<Shared>, stream: std::net::TcpStream, peer: SocketAddr, pr
         drop(stream);
         conn::finish(
             shared,
-            peer,
+            source,
             Outcome::Overloaded,
             &Entry::default(),
             accepted,
         );
         return;
     };
-    conn::start(shared, snapshot, protocol, stream, peer, accepted, slot);
+    conn::start(shared, snapshot, protocol, stream, source, accepted, slot);
 }

@@ -40,11 +40,14 @@ pub enum Outcome {
     BackendError,
     /// The route's `allow` list does not hold the source address.
     Denied,
+    /// A trusted balancer (`proxy_protocol.accept_from`) sent bytes that are
+    /// not a valid PROXY header. Never a strike: the balancer is not the client.
+    ProxyError,
 }
 
 impl Outcome {
     /// Every outcome, in a fixed order (for pre-registered metrics).
-    pub const ALL: [Outcome; 15] = [
+    pub const ALL: [Outcome; 16] = [
         Outcome::Routed,
         Outcome::UnknownSni,
         Outcome::NoSni,
@@ -60,6 +63,7 @@ impl Outcome {
         Outcome::Overloaded,
         Outcome::BackendError,
         Outcome::Denied,
+        Outcome::ProxyError,
     ];
 
     /// The outcomes `ban.strike_on` accepts: ones a client causes before
@@ -95,6 +99,7 @@ impl Outcome {
             Outcome::Overloaded => "overloaded",
             Outcome::BackendError => "backend_error",
             Outcome::Denied => "denied",
+            Outcome::ProxyError => "proxy_error",
         }
     }
 

@@ -183,6 +183,14 @@ pub(super) struct RawLog {
     pub format: Option<Text>,
 }
 
+/// `[proxy_protocol]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProxyProtocol {
+    /// Default empty: no trusted balancers.
+    pub accept_from: Option<TextList>,
+}
+
 /// The whole file. A section that failed to deserialize is left at its default
 /// and flagged, so `build` does not add follow-up errors about it.
 #[derive(Debug, Default)]
@@ -204,10 +212,11 @@ pub(super) struct RawConfig {
     pub metrics: RawMetrics,
     pub admin: RawAdmin,
     pub log: RawLog,
+    pub proxy_protocol: RawProxyProtocol,
 }
 
 /// The top-level keys that hold a table (`route` an array of tables).
-pub(super) const SECTIONS: [&str; 10] = [
+pub(super) const SECTIONS: [&str; 11] = [
     "limits",
     "tls",
     "http",
@@ -218,6 +227,7 @@ pub(super) const SECTIONS: [&str; 10] = [
     "metrics",
     "admin",
     "log",
+    "proxy_protocol",
 ];
 
 /// The config text with its line starts, to turn byte spans into `line:col`.
@@ -296,6 +306,9 @@ pub(super) fn parse(src: &Source<'_>, diags: &mut Vec<Diagnostic>) -> Option<Raw
             "metrics" => raw.metrics = section.parse(value, diags).unwrap_or_default(),
             "admin" => raw.admin = section.parse(value, diags).unwrap_or_default(),
             "log" => raw.log = section.parse(value, diags).unwrap_or_default(),
+            "proxy_protocol" => {
+                raw.proxy_protocol = section.parse(value, diags).unwrap_or_default()
+            }
             _ => {
                 top.insert(key, value);
             }
@@ -482,6 +495,7 @@ fn expectation(key: &str) -> Option<&'static str> {
         }
         "alpn" => "an array of ALPN ids like [\"acme-tls/1\"] or [\"h2\", \"http/1.1\"]",
         "balance" => "a quoted policy: \"first\", \"round_robin\" or \"least_connections\"",
+        "accept_from" => "an array of balancer addresses or CIDRs like [\"10.0.0.0/8\"]",
         "strike_on" => "an array of outcomes like [\"unknown_sni\", \"no_sni\", \"not_tls\"]",
         "min_version" => "a quoted version: \"1.0\", \"1.1\", \"1.2\" or \"1.3\"",
         "enabled" | "splice" | "defer_accept" => "true or false",

@@ -61,6 +61,7 @@ impl Config {
                 r.burst
             ),
         });
+        lines.push(self.proxy_line());
         lines.push(match &self.metrics.listen {
             Some(addr) => format!("metrics: http://{addr}/metrics"),
             None => "metrics: off".to_string(),
@@ -106,6 +107,19 @@ impl Config {
                 if n == 1 { "" } else { "s" }
             )),
         }
+    }
+
+    /// `trusted balancers: 10.0.0.0/8 (PROXY v1/v2 header required; ...)`.
+    fn proxy_line(&self) -> String {
+        let from = self.proxy_protocol.accept_from.nets();
+        if from.is_empty() {
+            return "trusted balancers: none (a PROXY header from anyone is not_tls)".to_string();
+        }
+        let nets: Vec<String> = from.iter().map(ToString::to_string).collect();
+        format!(
+            "trusted balancers: {} (PROXY v1/v2 header required; the client it names is struck, banned and logged)",
+            nets.join(", ")
+        )
     }
 
     fn ban_line(&self) -> String {

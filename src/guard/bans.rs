@@ -40,6 +40,20 @@ pub struct Ban {
     pub banned_at: u64,
     /// Wall-clock unix seconds when the ban ends.
     pub expires_at: u64,
+    /// False for a client seen only through a trusted balancer: enforced at
+    /// accept, never put in the kernel set. Written only when false, so
+    /// state files from before it read as true.
+    #[serde(default = "in_kernel", skip_serializing_if = "is_in_kernel")]
+    pub kernel: bool,
+}
+
+/// The default of [`Ban::kernel`].
+fn in_kernel() -> bool {
+    true
+}
+
+fn is_in_kernel(kernel: &bool) -> bool {
+    *kernel
 }
 
 /// Why a source was banned.
@@ -80,6 +94,8 @@ pub struct BanEntry {
     pub banned_at: u64,
     /// Wall-clock unix seconds when the ban ends.
     pub expires_at: u64,
+    /// False for a client seen only through a trusted balancer (see [`Ban::kernel`]).
+    pub kernel: bool,
 }
 
 impl BanEntry {
@@ -91,6 +107,7 @@ impl BanEntry {
             strikes: self.strikes,
             banned_at: self.banned_at,
             expires_at: self.expires_at,
+            kernel: self.kernel,
         }
     }
 }
@@ -104,6 +121,7 @@ impl Ban {
             strikes: self.strikes,
             banned_at: self.banned_at,
             expires_at: self.expires_at,
+            kernel: self.kernel,
         };
         Some((canonical_net(net), entry))
     }
@@ -329,6 +347,7 @@ mod tests {
             strikes: 0,
             banned_at: 0,
             expires_at,
+            kernel: true,
         };
         assert_eq!(t.insert(key.trunc(), entry, true), Inserted::New);
     }

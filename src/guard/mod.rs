@@ -223,9 +223,29 @@ impl Guard {
     /// is in `ban.strike_on`, banning it after `max_retry` strikes within
     /// `find_time`.
     pub fn strike(&self, ip: IpAddr, outcome: Outcome) {
+        self.count(outcome);
+        self.strike_source(ip, outcome, true);
+    }
+
+    /// [`Guard::strike`] for a client seen through a trusted balancer (the
+    /// address its PROXY header named): a ban it earns is enforced at
+    /// accept only, never in the kernel set, which sees only the balancer.
+    pub fn strike_proxied(&self, ip: IpAddr, outcome: Outcome) {
+        self.count(outcome);
+        self.strike_source(ip, outcome, false);
+    }
+
+    /// Counts a connection that ended with `outcome` for `sniroute status`,
+    /// without striking anyone: a trusted balancer's own connection.
+    pub fn count(&self, outcome: Outcome) {
         if let Some(count) = self.outcomes.get(outcome.index()) {
             count.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Strikes `ip`'s source if `outcome` is in `ban.strike_on`; `kernel`
+    /// says whether a ban it earns may go into the kernel set.
+    fn strike_source(&self, ip: IpAddr, outcome: Outcome, kernel: bool) {
         let policy = self.policy.load();
         let strikes_on_it = policy.strike_on.get(outcome.index()).copied();
         if !policy.enabled || strikes_on_it != Some(true) {
@@ -254,17 +274,26 @@ impl Guard {
             tracing::debug!(%source, reason = outcome.as_str(), strikes, "strike");
             return;
         }
-        self.ban_struck(source, outcome, strikes, policy.ban_time);
+        self.ban_struck(source, outcome, strikes, policy.ban_time, kernel);
     }
 
-    /// Bans `source` after its `strikes`-th strike, the last for `outcome`.
-    fn ban_struck(&self, source: IpNet, outcome: Outcome, strikes: u32, ban_time: Duration) {
+    /// Bans `source` after its `strikes`-th strike, the last for `outcome`;
+    /// `kernel` as in [`BanEntry::kernel`].
+    fn ban_struck(
+        &self,
+        source: IpNet,
+        outcome: Outcome,
+        strikes: u32,
+        ban_time: Duration,
+        kernel: bool,
+    ) {
         let (banned_at, expires_at) = ban_span(&*self.clock, ban_time);
         let entry = BanEntry {
             reason: BanReason::Strike(outcome),
             strikes,
             banned_at,
             expires_at,
+            kernel,
         };
         match self.bans.insert(source, entry, true) {
             Inserted::New => {}
@@ -278,7 +307,7 @@ impl Guard {
         self.added(source, &entry);
         self.total_banned.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("sniroute_bans_total", "source" => "strike").increment(1);
-        tracing::info!(%source, reason = outcome.as_str(), strikes, until = %clock::rfc3339(entry.expires_at), "banned");
+        tracing::info!(%source, reason = outcome.as_str(), strikes, until = %clock::rfc3339(entry.expires_at), kernel, "banned");
         self.changed();
     }
 
@@ -322,6 +351,7 @@ impl Guard {
             strikes: 0,
             banned_at,
             expires_at,
+            kernel: true,
         };
         let inserted = self.bans.insert(net, entry, false);
         lock(&self.strikes).forget(&net);
@@ -387,7 +417,7 @@ impl Guard {
                 net,
                 expires_at: entry.expires_at,
                 origin: origin_of(entry.reason),
-                kernel: true,
+                kernel: entry.kernel,
             })
             .collect()
     }
@@ -531,7 +561,7 @@ impl Guard {
             net,
             expires_at: entry.expires_at,
             origin: origin_of(entry.reason),
-            kernel: true,
+            kernel: entry.kernel,
         });
     }
 
