@@ -24,6 +24,7 @@ pub mod cidr;
 pub mod clienthello;
 pub mod config;
 pub mod conn;
+pub mod crowdsec;
 pub mod forward;
 pub mod guard;
 pub mod hostname;

@@ -383,7 +383,7 @@ fn unknown_keys_everywhere_are_all_reported_with_suggestions() {
             (
                 2,
                 1,
-                "unknown key \"listen_on\" at top level; expected one of: listen, workers, splice, defer_accept, limits, tls, route, unknown, ban, rate_limit, metrics, admin, log, proxy_protocol"
+                "unknown key \"listen_on\" at top level; expected one of: listen, workers, splice, defer_accept, limits, tls, route, unknown, ban, rate_limit, metrics, admin, log, proxy_protocol, crowdsec"
             ),
             (
                 6,

@@ -78,6 +78,7 @@ pub(super) fn build(src: &Source<'_>, raw: RawConfig, diags: &mut Vec<Diagnostic
         },
         log: c.log(&raw.log),
         proxy_protocol: c.proxy_protocol_section(&raw.proxy_protocol),
+        crowdsec: c.crowdsec(&raw.crowdsec),
     }
 }
 

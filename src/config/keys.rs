@@ -44,6 +44,7 @@ fn section_fields(section: &str) -> &'static [&'static str] {
         "admin" => fields_of::<RawAdmin>(),
         "log" => fields_of::<RawLog>(),
         "proxy_protocol" => fields_of::<RawProxyProtocol>(),
+        "crowdsec" => fields_of::<super::crowdsec::RawCrowdsec>(),
         _ => &[],
     }
 }

@@ -12,9 +12,11 @@ use ipnet::IpNet;
 use crate::cidr::CidrSet;
 use crate::hostname::HostName;
 use crate::outcome::Outcome;
+pub use crowdsec::{CrowdsecConfig, PushConfig, Secret};
 
 mod build;
 mod check;
+mod crowdsec;
 mod keys;
 mod raw;
 mod summary;
@@ -60,6 +62,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[proxy_protocol]`: trusted balancers.
     pub proxy_protocol: ProxyProtocolConfig,
+    /// `[crowdsec]`; `None` when `lapi_url` is unset or "" (off).
+    pub crowdsec: Option<CrowdsecConfig>,
 }
 
 /// `[limits]`: time and size bounds on every connection.

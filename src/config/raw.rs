@@ -202,10 +202,11 @@ pub(super) struct RawConfig {
     pub admin: RawAdmin,
     pub log: RawLog,
     pub proxy_protocol: RawProxyProtocol,
+    pub crowdsec: super::crowdsec::RawCrowdsec,
 }
 
 /// The top-level keys that hold a table (`route` an array of tables).
-pub(super) const SECTIONS: [&str; 10] = [
+pub(super) const SECTIONS: [&str; 11] = [
     "limits",
     "tls",
     "route",
@@ -216,6 +217,7 @@ pub(super) const SECTIONS: [&str; 10] = [
     "admin",
     "log",
     "proxy_protocol",
+    "crowdsec",
 ];
 
 /// The config text with its line starts, to turn byte spans into `line:col`.
@@ -296,6 +298,7 @@ pub(super) fn parse(src: &Source<'_>, diags: &mut Vec<Diagnostic>) -> Option<Raw
             "proxy_protocol" => {
                 raw.proxy_protocol = section.parse(value, diags).unwrap_or_default()
             }
+            "crowdsec" => raw.crowdsec = section.parse(value, diags).unwrap_or_default(),
             _ => {
                 top.insert(key, value);
             }
@@ -483,7 +486,10 @@ fn expectation(key: &str) -> Option<&'static str> {
         "strike_on" => "an array of outcomes like [\"unknown_sni\", \"no_sni\", \"not_tls\"]",
         "min_version" => "a quoted version: \"1.0\", \"1.1\", \"1.2\" or \"1.3\"",
         "enabled" | "splice" | "defer_accept" => "true or false",
-        "state_file" | "socket" | "access" => "a quoted path",
+        "state_file" | "socket" | "access" | "api_key_file" | "password_file" => "a quoted path",
+        "update_frequency" => "a quoted duration like \"10s\"",
+        "lapi_url" => "a quoted URL like \"http://127.0.0.1:8080\"",
+        "push" => "true or false",
         _ => return None,
     })
 }

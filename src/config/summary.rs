@@ -76,6 +76,7 @@ impl Config {
             AccessLog::Off => "access log: off".to_string(),
             AccessLog::File(path) => format!("access log: {} ({format})", path.display()),
         });
+        lines.push(self.crowdsec_line());
         lines.join("\n")
     }
 
@@ -89,6 +90,24 @@ impl Config {
         format!(
             "trusted balancers: {} (PROXY v1/v2 header required; the client it names is struck, banned and logged)",
             nets.join(", ")
+        )
+    }
+
+    fn crowdsec_line(&self) -> String {
+        let Some(c) = &self.crowdsec else {
+            return "crowdsec: off".to_string();
+        };
+        let push = match &c.push {
+            Some(p) => format!(
+                "push bans as machine {} (scenario {})",
+                p.machine_id, p.scenario
+            ),
+            None => "no push".to_string(),
+        };
+        format!(
+            "crowdsec: pull decisions from {} every {}; {push}",
+            c.lapi_url,
+            human(c.update_frequency)
         )
     }
 
