@@ -1,6 +1,7 @@
 //! sniroute: a TLS SNI passthrough router that never terminates TLS.
 //!
 //! Module map (one owner per concern):
+//! - `cli`: the command line (also the source of the man page and completions);
 //! - `config`: file -> typed [`config::Config`], every error with its place;
 //! - `clienthello`: PURE bytes -> verdict; `peek`: read the hello off a socket;
 //! - `routes`: name (+ ALPN) -> route; `cidr`: a route's `allow` set;
@@ -20,6 +21,7 @@
 pub mod accesslog;
 pub mod admin;
 pub mod cidr;
+pub mod cli;
 pub mod clienthello;
 pub mod config;
 pub mod conn;

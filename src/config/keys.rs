@@ -32,7 +32,7 @@ pub(super) fn unknown_key(key: &str, place: &str, fields: &[&str]) -> String {
 }
 
 /// The keys a section accepts (for suggesting where a misplaced key belongs).
-fn section_fields(section: &str) -> &'static [&'static str] {
+pub(super) fn section_fields(section: &str) -> &'static [&'static str] {
     match section {
         "limits" => fields_of::<RawLimits>(),
         "tls" => fields_of::<RawTls>(),

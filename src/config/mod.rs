@@ -17,6 +17,9 @@ mod build;
 mod check;
 mod keys;
 mod raw;
+pub mod reference;
+#[cfg(test)]
+mod reference_tests;
 mod summary;
 
 /// A fully checked configuration. Every field is a typed value with its default
