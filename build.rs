@@ -320,10 +320,13 @@ fn sniroute_toml_5() -> String {
                 "" => key.name.to_owned(),
                 name => format!("{name}.{}", key.name),
             };
-            roff.control("TP", []).text([
-                bold(key.name),
-                roman(format!(" (default: {})", key.default)),
-            ]);
+            // `workers = 0`: the default as it would be written; or
+            // `listen (required)` when absence means something else.
+            let default = match key.default.starts_with('(') {
+                true => format!(" {}", key.default),
+                false => format!(" = {}", key.default),
+            };
+            roff.control("TP", []).text([bold(key.name), roman(default)]);
             roff.text([roman(format!("{} [{path}]", key.doc))]);
         }
     }
