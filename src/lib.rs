@@ -20,11 +20,13 @@
 
 pub mod accesslog;
 pub mod admin;
+pub mod balance;
 pub mod cidr;
 pub mod cli;
 pub mod clienthello;
 pub mod config;
 pub mod conn;
+pub mod crowdsec;
 pub mod forward;
 pub mod guard;
 pub mod hostname;
@@ -34,6 +36,7 @@ pub mod logging;
 pub mod metrics;
 pub mod outcome;
 pub mod peek;
+pub mod proxyheader;
 pub mod routes;
 pub mod server;
 pub mod shared;

@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{Notify, oneshot};
 
 use crate::accesslog::AccessLog;
+use crate::balance::Pool;
 use crate::config::{Config, Route};
 use crate::guard::Guard;
 use crate::metrics::{ConnMetrics, RouteMetrics};
@@ -25,26 +26,50 @@ pub struct Snapshot {
     pub routes: RouteTable,
     /// Parallel to `routes.routes()`.
     pub route_metrics: Vec<RouteMetrics>,
+    /// Each route's backend pool, parallel to `routes.routes()`.
+    pub pools: Vec<Arc<Pool>>,
 }
 
 impl Snapshot {
     pub fn new(config: Config) -> Snapshot {
+        Snapshot::after(config, None)
+    }
+
+    /// The snapshot of `config` replacing `previous` (on reload): backend
+    /// health carries over to the pool of the same route name.
+    pub fn after(config: Config, previous: Option<&Snapshot>) -> Snapshot {
         let routes = RouteTable::new(&config.routes, config.fallback.as_ref());
         let route_metrics = routes
             .routes()
             .iter()
             .map(|r| RouteMetrics::new(r))
             .collect();
+        let pools = routes
+            .routes()
+            .iter()
+            .map(|r| Arc::new(Pool::new(r, previous.and_then(|p| p.pool_named(&r.name)))))
+            .collect();
         Snapshot {
             config,
             routes,
             route_metrics,
+            pools,
         }
     }
 
     /// The route at `index` and its metric handles.
     pub fn route(&self, index: usize) -> Option<(&Route, &RouteMetrics)> {
         Some((self.routes.get(index)?, self.route_metrics.get(index)?))
+    }
+
+    /// The backend pool of the route at `index`.
+    pub fn pool(&self, index: usize) -> Option<&Pool> {
+        self.pools.get(index).map(|p| &**p)
+    }
+
+    fn pool_named(&self, name: &str) -> Option<&Pool> {
+        let index = self.routes.routes().iter().position(|r| r.name == name)?;
+        self.pool(index)
     }
 }
 
@@ -90,6 +115,17 @@ impl Shared {
     /// The current config snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// Whether `ip` is a trusted balancer (`proxy_protocol.accept_from`) of
+    /// the config in force. No reference count taken: called on every accept.
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        self.snapshot
+            .load()
+            .config
+            .proxy_protocol
+            .accept_from
+            .contains(ip)
     }
 
     /// Takes a slot if fewer than `max` connections are open.

@@ -59,7 +59,8 @@ pub async fn connect(
     Err(ConnectError { last })
 }
 
-async fn connect_one(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+/// Connects to `addr` within `timeout`, with NODELAY and keepalive set.
+pub async fn connect_one(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     let family = match addr {
         SocketAddr::V4(_) => AddressFamily::INET,
         SocketAddr::V6(_) => AddressFamily::INET6,

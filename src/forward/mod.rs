@@ -38,7 +38,7 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-pub use connect::{ConnectError, connect};
+pub use connect::{ConnectError, connect, connect_one};
 pub use proxy_protocol::proxy_header;
 
 /// Most idle pipes kept for reuse by the splice path (0 where there is none).
