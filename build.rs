@@ -326,7 +326,8 @@ fn sniroute_toml_5() -> String {
                 true => format!(" {}", key.default),
                 false => format!(" = {}", key.default),
             };
-            roff.control("TP", []).text([bold(key.name), roman(default)]);
+            roff.control("TP", [])
+                .text([bold(key.name), roman(default)]);
             roff.text([roman(format!("{} [{path}]", key.doc))]);
         }
     }

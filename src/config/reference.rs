@@ -350,4 +350,68 @@ pub const REFERENCE: &[Section] = &[
             },
         ],
     },
+    Section {
+        name: "proxy_protocol",
+        header: "[proxy_protocol]",
+        about: "Trusted balancers in front of sniroute (an L4 load balancer, HAProxy with \
+                send-proxy-v2, a cloud NLB with proxy protocol on).",
+        keys: &[Key {
+            name: "accept_from",
+            default: "[]",
+            doc: "Addresses or CIDRs of the balancers. A connection from one of them must start \
+                  with a PROXY v1 or v2 header within limits.client_hello_timeout; the client \
+                  named in it is then the source for everything (bans, rate limits, strikes, \
+                  the access log, the PROXY header sent on to a backend), and the balancer \
+                  itself is never struck, banned nor rate-limited. Without a valid header the \
+                  connection is closed (outcome `proxy_error`). [] = no trusted balancers.",
+        }],
+    },
+    Section {
+        name: "crowdsec",
+        header: "[crowdsec]",
+        about: "Bans shared through CrowdSec's Local API (LAPI): sniroute pulls ban decisions \
+                as a bouncer (enforced at accept like its own bans; ban.ignore wins) and, with \
+                push = true, reports its own bans. The daemon routes while the LAPI is down.",
+        keys: &[
+            Key {
+                name: "lapi_url",
+                default: "\"\"",
+                doc: "The LAPI's URL; \"\" = off. http:// only to a loopback address, https:// \
+                      otherwise.",
+            },
+            Key {
+                name: "api_key_file",
+                default: "\"/etc/sniroute/crowdsec.key\"",
+                doc: "File holding the bouncer key (cscli bouncers add NAME -o raw), one key per \
+                      gateway. Read when lapi_url is set.",
+            },
+            Key {
+                name: "update_frequency",
+                default: "\"10s\"",
+                doc: "Time between two pulls of the decision stream.",
+            },
+            Key {
+                name: "push",
+                default: "false",
+                doc: "Also report this gateway's bans to the LAPI as machine `machine_id`; \
+                      `sniroute bans remove` then deletes them there too.",
+            },
+            Key {
+                name: "machine_id",
+                default: "\"\"",
+                doc: "The machine login for push (cscli machines add NAME --password ...); \
+                      required with push = true.",
+            },
+            Key {
+                name: "password_file",
+                default: "\"/etc/sniroute/crowdsec.pass\"",
+                doc: "File holding that machine's password.",
+            },
+            Key {
+                name: "scenario",
+                default: "\"sniroute/unknown-sni\"",
+                doc: "Scenario name on pushed alerts and decisions.",
+            },
+        ],
+    },
 ];
