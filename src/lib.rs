@@ -3,13 +3,15 @@
 //! Module map (one owner per concern):
 //! - `cli`: the command line (also the source of the man page and completions);
 //! - `config`: file -> typed [`config::Config`], every error with its place;
-//! - `clienthello`: PURE bytes -> verdict; `peek`: read the hello off a socket;
+//! - `clienthello`: PURE bytes -> verdict; `httphead`: the same for a plain
+//!   HTTP/1.x request head (`[http]` listeners); `peek`: read either off a socket;
 //! - `routes`: name (+ ALPN) -> route; `cidr`: a route's `allow` set;
 //!   `balance`: a route's backend pool (policy, health, checks);
 //! - `guard`: strikes, bans, rate limits;
 //! - `listener`: accept loops; `conn`: one connection, start to end;
 //! - `forward`: backend connect and the two-way relay (splice on Linux);
 //! - `shared`: the state below listeners, connections and the admin socket;
+//! - `firewall`: kernel bans (an nftables set fed by the guard's ban events);
 //! - `accesslog`, `metrics`, `admin`, `lifecycle` (the only signal handler),
 //!   `logging` (stderr, plain or journald-native); `server` builds, starts,
 //!   reloads and stops;
@@ -27,9 +29,11 @@ pub mod clienthello;
 pub mod config;
 pub mod conn;
 pub mod crowdsec;
+pub mod firewall;
 pub mod forward;
 pub mod guard;
 pub mod hostname;
+pub mod httphead;
 pub mod lifecycle;
 pub mod listener;
 pub mod logging;

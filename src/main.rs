@@ -146,6 +146,10 @@ fn run(path: PathBuf) -> ExitCode {
         let addrs = server.local_addrs();
         sniroute::lifecycle::spawn_watchdog();
         tracing::info!("sniroute {VERSION} listening on {addrs:?}");
+        let http = server.local_addrs_of(sniroute::conn::Protocol::Http);
+        if !http.is_empty() {
+            tracing::info!("plain HTTP (routed by Host) on {http:?}");
+        }
         server.run(rx).await
     });
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));

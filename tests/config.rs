@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sniroute::config::{
-    self, AccessLog, Config, Diagnostic, HostPattern, LoadError, LogFormat, ProxyProtocol,
+    self, AccessLog, Config, Diagnostic, FirewallBackend, FirewallScope, HostPattern, LoadError,
+    LogFormat, ProxyProtocol,
 };
 use sniroute::hostname::HostName;
 use sniroute::outcome::Outcome;
@@ -121,6 +122,7 @@ fn the_example_config_states_every_default() {
         format!("{:?}", minimal.rate_limit)
     );
     assert_eq!(format!("{:?}", example.log), format!("{:?}", minimal.log));
+    assert_eq!(example.firewall, minimal.firewall);
 }
 
 #[test]
@@ -161,7 +163,7 @@ max_retry = 1                  # strikes within find_time that earn a ban
 find_time = "1h"
 ban_time = "365d"
 ignore = ["127.0.0.1", "192.0.2.10", "2001:db8::/48"]   # never struck, never banned, never rate-limited
-strike_on = ["unknown_sni", "no_sni", "not_tls"]        # also possible: "timeout", "policy", "too_large"
+strike_on = ["unknown_sni", "no_sni", "not_tls", "unknown_host", "no_host", "not_http"]   # also possible: "timeout", "policy", "too_large"
 ipv6_prefix = 64               # IPv6 clients are struck and banned per /64 (one host owns a whole /64)
 state_file = "/var/lib/sniroute/bans.json"   # bans survive restarts and crashes; "" = keep in memory only
 
@@ -218,7 +220,7 @@ fn a_minimal_config_gets_the_spec_defaults() {
     let c = parse(MINIMAL);
     assert!(c.workers >= 1, "workers = 0 becomes the core count");
     assert!(c.splice);
-    assert!(!c.defer_accept);
+    assert!(c.defer_accept);
     assert_eq!(c.limits.client_hello_timeout, Duration::from_secs(5));
     assert_eq!(c.limits.max_client_hello, 16384);
     assert_eq!(c.limits.connect_timeout, Duration::from_secs(3));
@@ -246,8 +248,17 @@ fn a_minimal_config_gets_the_spec_defaults() {
     );
     assert_eq!(
         c.ban.strike_on,
-        [Outcome::UnknownSni, Outcome::NoSni, Outcome::NotTls]
+        [
+            Outcome::UnknownSni,
+            Outcome::NoSni,
+            Outcome::NotTls,
+            Outcome::UnknownHost,
+            Outcome::NoHost,
+            Outcome::NotHttp
+        ]
     );
+    assert!(c.http.listen.is_empty());
+    assert!(c.routes[0].http_backends.is_empty());
     assert_eq!(c.ban.ipv6_prefix, 64);
     assert_eq!(
         c.ban.state_file,
@@ -383,7 +394,7 @@ fn unknown_keys_everywhere_are_all_reported_with_suggestions() {
             (
                 2,
                 1,
-                "unknown key \"listen_on\" at top level; expected one of: listen, workers, splice, defer_accept, limits, tls, route, unknown, ban, rate_limit, metrics, admin, log, proxy_protocol, crowdsec"
+                "unknown key \"listen_on\" at top level; expected one of: listen, workers, splice, defer_accept, limits, tls, http, route, unknown, ban, rate_limit, metrics, admin, log, firewall, proxy_protocol, crowdsec"
             ),
             (
                 6,
@@ -806,6 +817,78 @@ fn garbage_never_panics() {
 }
 
 #[test]
+fn firewall_defaults_to_none_and_takes_nftables() {
+    let c = parse(MINIMAL);
+    assert_eq!(c.firewall.backend, FirewallBackend::None);
+    assert_eq!(c.firewall.table, "sniroute");
+    assert_eq!(c.firewall.scope, FirewallScope::Listen);
+    assert!(c.summary().contains("firewall: none"), "{}", c.summary());
+
+    let c = parse(&with(
+        "[firewall]\nbackend = \"nftables\"\ntable = \"edge_bans\"\nscope = \"all\"\n",
+    ));
+    assert_eq!(c.firewall.backend, FirewallBackend::Nftables);
+    assert_eq!(c.firewall.table, "edge_bans");
+    assert_eq!(c.firewall.scope, FirewallScope::All);
+    let summary = c.summary();
+    assert!(
+        summary.contains("firewall: nftables table inet edge_bans, banned sources' all packets dropped by the kernel; needs nft"),
+        "{summary}"
+    );
+    assert!(summary.contains("CAP_NET_ADMIN"), "{summary}");
+}
+
+#[test]
+fn firewall_mistakes_are_placed() {
+    let text = with(
+        "[firewall]\nbackend = \"iptables\"\ntable = \"1bad-name\"\nscope = \"every\"\nports = 1\n",
+    );
+    let d = errors(&text);
+    let got: Vec<(usize, usize, &str)> = d
+        .iter()
+        .map(|d| (d.line, d.col, d.message.as_str()))
+        .collect();
+    assert_eq!(got.len(), 4, "{got:#?}");
+    assert_eq!(
+        got[0],
+        (
+            6,
+            11,
+            "firewall.backend: unknown value \"iptables\" (expected \"none\" or \"nftables\")"
+        )
+    );
+    assert_eq!((got[1].0, got[1].1), (7, 9));
+    assert!(
+        got[1]
+            .2
+            .starts_with("firewall.table: invalid table name \"1bad-name\""),
+        "{}",
+        got[1].2
+    );
+    assert_eq!(
+        got[2],
+        (
+            8,
+            9,
+            "firewall.scope: unknown value \"every\" (expected \"listen\" or \"all\")"
+        )
+    );
+    assert_eq!((got[3].0, got[3].1), (9, 1));
+    assert!(
+        got[3].2.starts_with("unknown key \"ports\" in [firewall]"),
+        "{}",
+        got[3].2
+    );
+
+    let (line, col, msg) = only_error(&with("[firewall]\nbackend = true\n"));
+    assert_eq!((line, col), (6, 11));
+    assert_eq!(
+        msg,
+        "firewall.backend: expected \"none\" or \"nftables\", found boolean `true`"
+    );
+}
+
+#[test]
 fn proxy_protocol_accept_from() {
     assert!(parse(MINIMAL).proxy_protocol.accept_from.nets().is_empty());
     assert!(parse(MINIMAL).summary().contains("trusted balancers: none"));
@@ -959,4 +1042,93 @@ fn bad_route_policy_keys_point_at_the_value() {
     assert!(msg.contains("at most 64"), "{msg}");
     assert!(Outcome::STRIKABLE.contains(&Outcome::Denied));
     assert!(!parse(MINIMAL).ban.strike_on.contains(&Outcome::Denied));
+}
+
+#[test]
+fn http_listen_and_http_backends_are_typed() {
+    let c = parse(
+        "listen = [\"0.0.0.0:443\"]\n[http]\nlisten = [\"0.0.0.0:80\", \"[::]:80\"]\n\
+         [[route]]\nsni = [\"a.example.org\"]\nbackend = \"10.0.0.5:443\"\nhttp_backends = [\"10.0.0.5:80\", \"[2001:db8::5]:80\"]\n\
+         [[route]]\nsni = [\"b.example.org\"]\nbackend = \"10.0.0.6:443\"\n",
+    );
+    assert_eq!(c.http.listen, [addr("0.0.0.0:80"), addr("[::]:80")]);
+    assert_eq!(
+        c.routes[0].http_backends,
+        [addr("10.0.0.5:80"), addr("[2001:db8::5]:80")]
+    );
+    assert!(c.routes[1].http_backends.is_empty());
+    let summary = c.summary();
+    assert!(
+        summary.contains(
+            "http listen: 0.0.0.0:80, [::]:80 (plain HTTP by Host, 1 route with http_backends)"
+        ),
+        "{summary}"
+    );
+    assert!(
+        summary
+            .contains("a.example.org -> 10.0.0.5:443; plain HTTP -> 10.0.0.5:80, [2001:db8::5]:80"),
+        "{summary}"
+    );
+    // Port 0 in both lists is two kernel-chosen ports, not a clash.
+    let c = parse(
+        "listen = [\"127.0.0.1:0\"]\n[http]\nlisten = [\"127.0.0.1:0\"]\n[[route]]\nsni = [\"a.example.org\"]\nbackend = \"10.0.0.5:443\"\n",
+    );
+    assert_eq!(c.http.listen, [addr("127.0.0.1:0")]);
+}
+
+#[test]
+fn http_mistakes_are_reported_at_their_place() {
+    for (extra, line, col, message) in [
+        (
+            "[http]\nlisten = [\"0.0.0.0:443\"]\n",
+            6,
+            11,
+            "http.listen: 0.0.0.0:443 is also the top-level listen (TLS); a listener serves one protocol; use another port",
+        ),
+        (
+            "[http]\nlisten = [\"127.0.0.1:9151\"]\n",
+            6,
+            11,
+            "http.listen: 127.0.0.1:9151 is also the metrics endpoint (metrics.listen, default 127.0.0.1:9151); use another port",
+        ),
+        (
+            "[http]\nlisten = [\"0.0.0.0:80\", \"0.0.0.0:80\"]\n",
+            6,
+            25,
+            "http.listen: 0.0.0.0:80 is listed twice",
+        ),
+        (
+            "[http]\nlisten = \"0.0.0.0:80\"\n",
+            6,
+            10,
+            "http.listen: expected an array of addresses like [\"0.0.0.0:80\", \"[::]:80\"], found string \"0.0.0.0:80\"",
+        ),
+        (
+            "[http]\nlisen = [\"0.0.0.0:80\"]\n",
+            6,
+            1,
+            "unknown key \"lisen\" in [http] (did you mean \"listen\"?)",
+        ),
+    ] {
+        let (l, c, m) = only_error(&with(extra));
+        assert_eq!((l, c, m.as_str()), (line, col, message), "{extra}");
+    }
+    let route = |keys: &str| {
+        format!(
+            "listen = [\"0.0.0.0:443\"]\n[[route]]\nsni = [\"a.example.org\"]\nbackend = \"10.0.0.5:443\"\n{keys}"
+        )
+    };
+    let (l, c, m) = only_error(&route("http_backends = []\n"));
+    assert_eq!((l, c), (5, 17));
+    assert!(m.starts_with("route[1].http_backends: empty"), "{m}");
+    let (l, c, m) = only_error(&route("http_backends = [\"10.0.0.5\"]\n"));
+    assert_eq!((l, c), (5, 18));
+    assert!(m.starts_with("route[1].http_backends: "), "{m}");
+    let (_, _, m) = only_error(&route(
+        "alpn = [\"h2\"]\nhttp_backends = [\"10.0.0.5:80\"]\n",
+    ));
+    assert!(
+        m.starts_with("route[1].http_backends: plain HTTP has no ALPN"),
+        "{m}"
+    );
 }

@@ -36,16 +36,20 @@ pub struct Config {
     pub workers: usize,
     /// `splice` (default true): use splice(2) to relay on Linux; false forces a plain copy.
     pub splice: bool,
-    /// `defer_accept` (default false): Linux's TCP_DEFER_ACCEPT on the
+    /// `defer_accept` (default true): Linux's TCP_DEFER_ACCEPT on the
     /// listeners. The kernel hands over a connection only once its first
     /// bytes arrived (or, for a silent client, after about a second), so a
-    /// refusal costs no wait for the hello. A client that connects and closes
-    /// without a byte within that second is never seen: no outcome, no log line.
+    /// refusal costs no wait for the hello. TLS and plain HTTP are both
+    /// client-first, so no real client waits for it. A client that connects
+    /// and closes without a byte within that second is never seen: no
+    /// outcome, no log line.
     pub defer_accept: bool,
     /// `[limits]`.
     pub limits: Limits,
     /// `[tls]`.
     pub tls: TlsPolicy,
+    /// `[http]`: plain HTTP/1.x listeners routed by the `Host` header.
+    pub http: HttpConfig,
     /// `[[route]]` (at least one), in file order; route names are unique, an
     /// SNI pattern belongs to one route per ALPN id (or to one route without `alpn`).
     pub routes: Vec<Route>,
@@ -63,6 +67,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[log]`.
     pub log: LogConfig,
+    /// `[firewall]`: kernel bans.
+    pub firewall: FirewallConfig,
     /// `[proxy_protocol]`: trusted balancers.
     pub proxy_protocol: ProxyProtocolConfig,
     /// `[crowdsec]`; `None` when `lapi_url` is unset or "" (off).
@@ -93,6 +99,16 @@ pub struct TlsPolicy {
     /// `min_version` (default "1.2"; "1.0", "1.1", "1.2" or "1.3") as its wire
     /// value 0x0301..=0x0304: a hello offering nothing at or above it is outcome `policy`.
     pub min_version: u16,
+}
+
+/// `[http]`: plain HTTP/1.x listeners, routed by the `Host` header of the
+/// first request to the matching route's `http_backends`.
+#[derive(Debug, Clone, Default)]
+pub struct HttpConfig {
+    /// `listen` (default empty: no plain-HTTP listener): addresses to accept
+    /// plain HTTP clients on, like the top-level `listen`. No duplicates, and
+    /// none of them in the top-level `listen` or `metrics.listen`.
+    pub listen: Vec<SocketAddr>,
 }
 
 /// One entry of a route's `sni` list, canonical (lower case, no trailing dot).
@@ -161,8 +177,14 @@ pub struct Route {
     /// `backend = "IP:PORT"` or `backends = [...]` (exactly one of them, required):
     /// at least one address, tried in order when one refuses.
     pub backends: Vec<SocketAddr>,
-    /// `proxy_protocol` (default "none"; "none", "v1" or "v2").
+    /// `proxy_protocol` (default "none"; "none", "v1" or "v2"): for TLS and
+    /// plain HTTP alike.
     pub proxy_protocol: ProxyProtocol,
+    /// `http_backends` (default empty; if given, at least one address): where
+    /// plain HTTP requests for the route's names go from `[http]` listeners,
+    /// tried in order like `backends`. Empty: on `[http]` listeners the
+    /// route's names are unknown hosts. Always empty for the fallback.
+    pub http_backends: Vec<SocketAddr>,
     /// `allow` (default: absent = every source): only sources inside these
     /// networks (addresses or CIDRs) may use the route; others end `denied`.
     pub allow: Option<CidrSet>,
@@ -189,6 +211,7 @@ impl Route {
             alpn: Vec::new(),
             balance: Balance::First,
             health_check: None,
+            http_backends: Vec::new(),
         }
     }
 }
@@ -208,8 +231,9 @@ pub struct BanConfig {
     /// explicit list replaces it): never struck, banned nor rate-limited; bare
     /// addresses become /32 or /128, host bits are cleared.
     pub ignore: Vec<IpNet>,
-    /// `strike_on` (default unknown_sni, no_sni, not_tls; also possible: timeout,
-    /// policy, too_large, denied): outcomes that count as a strike. No duplicates.
+    /// `strike_on` (default unknown_sni, no_sni, not_tls, unknown_host,
+    /// no_host, not_http; also possible: timeout, policy, too_large, denied):
+    /// outcomes that count as a strike. No duplicates.
     pub strike_on: Vec<Outcome>,
     /// `ipv6_prefix` (default 64, 1..=128): IPv6 clients are struck and banned per this prefix.
     pub ipv6_prefix: u8,
@@ -268,6 +292,40 @@ pub struct LogConfig {
     pub access: AccessLog,
     /// `format` (default "text"; "text" or "json").
     pub format: LogFormat,
+}
+
+/// `firewall.backend`: who else enforces the bans in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirewallBackend {
+    /// `"none"` (the default): bans are enforced in user space only, right
+    /// after `accept`.
+    None,
+    /// `"nftables"`: every ban in force is also an element of a set in an
+    /// nftables table owned by sniroute, so the kernel drops the source's
+    /// packets (SYNs included); the user-space check stays as the fallback.
+    Nftables,
+}
+
+/// `firewall.scope`: which packets of a banned source the kernel drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirewallScope {
+    /// `"listen"` (the default): TCP packets to sniroute's listen ports.
+    Listen,
+    /// `"all"`: every packet, to any port and of any protocol.
+    All,
+}
+
+/// `[firewall]`: kernel bans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirewallConfig {
+    /// `backend` (default "none"; "none" or "nftables").
+    pub backend: FirewallBackend,
+    /// `table` (default "sniroute"): the nftables table `inet <table>`,
+    /// created whole at start, replaced on repair, deleted at a clean stop.
+    /// A letter, then letters, digits or `_`, at most 64 characters.
+    pub table: String,
+    /// `scope` (default "listen"; "listen" or "all").
+    pub scope: FirewallScope,
 }
 
 /// `[proxy_protocol]`: the balancers whose connections name their client

@@ -33,7 +33,7 @@ pub(super) struct RawTop {
     pub workers: Option<Int>,
     /// `splice`: default true.
     pub splice: Option<bool>,
-    /// `defer_accept`: default false.
+    /// `defer_accept`: default true.
     pub defer_accept: Option<bool>,
 }
 
@@ -75,6 +75,8 @@ pub(super) struct RawRoute {
     pub backends: Option<TextList>,
     /// Default "none".
     pub proxy_protocol: Option<Text>,
+    /// Default empty: no plain HTTP for this route.
+    pub http_backends: Option<TextList>,
     /// Default absent (every source); addresses or CIDRs.
     pub allow: Option<TextList>,
     /// Default empty (the route for hellos whatever their ALPN).
@@ -99,6 +101,14 @@ pub(super) struct RawHealthCheck {
     pub fall: Option<Int>,
     /// Default 2.
     pub rise: Option<Int>,
+}
+
+/// `[http]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHttp {
+    /// Default empty: no plain-HTTP listener.
+    pub listen: Option<TextList>,
 }
 
 /// `[unknown]`
@@ -129,7 +139,7 @@ pub(super) struct RawBan {
     pub ban_time: Option<Text>,
     /// Default `["127.0.0.0/8", "::1"]`; an explicit list replaces it.
     pub ignore: Option<TextList>,
-    /// Default `["unknown_sni", "no_sni", "not_tls"]`.
+    /// Default `["unknown_sni", "no_sni", "not_tls", "unknown_host", "no_host", "not_http"]`.
     pub strike_on: Option<TextList>,
     /// Default 64.
     pub ipv6_prefix: Option<Int>,
@@ -173,6 +183,18 @@ pub(super) struct RawLog {
     pub format: Option<Text>,
 }
 
+/// `[firewall]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFirewall {
+    /// Default "none".
+    pub backend: Option<Text>,
+    /// Default "sniroute".
+    pub table: Option<Text>,
+    /// Default "listen".
+    pub scope: Option<Text>,
+}
+
 /// `[proxy_protocol]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -190,6 +212,7 @@ pub(super) struct RawConfig {
     pub top_failed: bool,
     pub limits: RawLimits,
     pub tls: RawTls,
+    pub http: RawHttp,
     /// Routes that deserialized, with the span of their `[[route]]` header, and
     /// their 1-based position among all routes of the file.
     pub routes: Vec<(usize, Spanned<RawRoute>)>,
@@ -201,14 +224,16 @@ pub(super) struct RawConfig {
     pub metrics: RawMetrics,
     pub admin: RawAdmin,
     pub log: RawLog,
+    pub firewall: RawFirewall,
     pub proxy_protocol: RawProxyProtocol,
     pub crowdsec: super::crowdsec::RawCrowdsec,
 }
 
 /// The top-level keys that hold a table (`route` an array of tables).
-pub(super) const SECTIONS: [&str; 11] = [
+pub(super) const SECTIONS: [&str; 13] = [
     "limits",
     "tls",
+    "http",
     "route",
     "unknown",
     "ban",
@@ -216,6 +241,7 @@ pub(super) const SECTIONS: [&str; 11] = [
     "metrics",
     "admin",
     "log",
+    "firewall",
     "proxy_protocol",
     "crowdsec",
 ];
@@ -288,6 +314,7 @@ pub(super) fn parse(src: &Source<'_>, diags: &mut Vec<Diagnostic>) -> Option<Raw
         match key.get_ref().as_ref() {
             "limits" => raw.limits = section.parse(value, diags).unwrap_or_default(),
             "tls" => raw.tls = section.parse(value, diags).unwrap_or_default(),
+            "http" => raw.http = section.parse(value, diags).unwrap_or_default(),
             "route" => parse_routes(src, value, &mut raw, diags),
             "unknown" => raw.unknown = section.parse(value, diags).unwrap_or_default(),
             "ban" => raw.ban = section.parse(value, diags).unwrap_or_default(),
@@ -295,6 +322,7 @@ pub(super) fn parse(src: &Source<'_>, diags: &mut Vec<Diagnostic>) -> Option<Raw
             "metrics" => raw.metrics = section.parse(value, diags).unwrap_or_default(),
             "admin" => raw.admin = section.parse(value, diags).unwrap_or_default(),
             "log" => raw.log = section.parse(value, diags).unwrap_or_default(),
+            "firewall" => raw.firewall = section.parse(value, diags).unwrap_or_default(),
             "proxy_protocol" => {
                 raw.proxy_protocol = section.parse(value, diags).unwrap_or_default()
             }
@@ -442,10 +470,11 @@ impl<'s, 'a> Section<'s, 'a> {
             (p, Some(k)) => format!("{p}.{k}"),
             (p, None) => p.to_string(),
         };
-        let key_kind = if path == "metrics.listen" {
-            "backend"
-        } else {
-            key.unwrap_or("")
+        let key_kind = match path.as_str() {
+            "metrics.listen" => "backend",
+            "http.listen" => "http.listen",
+            "firewall.backend" => "firewall.backend",
+            _ => key.unwrap_or(""),
         };
         let found_expected = message
             .strip_prefix("invalid type: ")
@@ -462,7 +491,8 @@ impl<'s, 'a> Section<'s, 'a> {
 }
 
 /// What a key's value looks like, for type errors (by key name: the same name
-/// means the same kind of value in every section; `metrics.listen` is asked as `backend`).
+/// means the same kind of value in every section; `metrics.listen` is asked as
+/// `backend`, `http.listen` by its path).
 fn expectation(key: &str) -> Option<&'static str> {
     Some(match key {
         "client_hello_timeout"
@@ -474,8 +504,10 @@ fn expectation(key: &str) -> Option<&'static str> {
         | "interval"
         | "timeout" => "a quoted duration like \"500ms\", \"5s\", \"10m\", \"1h\", \"365d\"",
         "listen" => "an array of addresses like [\"0.0.0.0:443\", \"[::]:443\"]",
+        "http.listen" => "an array of addresses like [\"0.0.0.0:80\", \"[::]:80\"]",
         "backend" => "a quoted address \"IP:PORT\" (IPv6 in brackets)",
         "backends" => "an array of addresses like [\"10.0.0.6:443\", \"10.0.0.7:443\"]",
+        "http_backends" => "an array of addresses like [\"10.0.0.6:80\", \"10.0.0.7:80\"]",
         "sni" => "an array of host names like [\"myapp.example.org\", \"*.example.org\"]",
         "ignore" | "allow" => {
             "an array of addresses or CIDRs like [\"192.0.2.10\", \"2001:db8::/48\"]"
@@ -490,6 +522,9 @@ fn expectation(key: &str) -> Option<&'static str> {
         "update_frequency" => "a quoted duration like \"10s\"",
         "lapi_url" => "a quoted URL like \"http://127.0.0.1:8080\"",
         "push" => "true or false",
+        "firewall.backend" => "\"none\" or \"nftables\"",
+        "table" => "a quoted nftables table name like \"sniroute\"",
+        "scope" => "\"listen\" or \"all\"",
         _ => return None,
     })
 }

@@ -4,7 +4,9 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::{AccessLog, Balance, Config, LogFormat, ProxyProtocol, Route};
+use super::{
+    AccessLog, Balance, Config, FirewallBackend, FirewallScope, LogFormat, ProxyProtocol, Route,
+};
 
 impl Config {
     /// A short human summary for `sniroute check`: listeners, routes, ban policy.
@@ -27,6 +29,9 @@ impl Config {
             listen.join(", "),
             self.workers
         ));
+        if let Some(line) = self.http_line() {
+            lines.push(line);
+        }
         let l = &self.limits;
         lines.push(format!(
             "limits: hello within {} and {} bytes, connect {}, idle {}, {} connections, grace {}",
@@ -76,8 +81,57 @@ impl Config {
             AccessLog::Off => "access log: off".to_string(),
             AccessLog::File(path) => format!("access log: {} ({format})", path.display()),
         });
+        lines.push(self.firewall_line());
         lines.push(self.crowdsec_line());
         lines.join("\n")
+    }
+
+    /// `http listen: ...` when there are plain-HTTP listeners, or routes
+    /// with `http_backends` and none to use them.
+    fn http_line(&self) -> Option<String> {
+        let http_routes = self
+            .routes
+            .iter()
+            .filter(|r| !r.http_backends.is_empty())
+            .count();
+        let listen: Vec<String> = self.http.listen.iter().map(ToString::to_string).collect();
+        match (listen.is_empty(), http_routes) {
+            (true, 0) => None,
+            (true, n) => Some(format!(
+                "http listen: none ([http] listen is empty, so the http_backends of {n} route{} are unused)",
+                if n == 1 { "" } else { "s" }
+            )),
+            (false, 0) => Some(format!(
+                "http listen: {} (plain HTTP by Host; no route has http_backends: every request is unknown_host)",
+                listen.join(", ")
+            )),
+            (false, n) => Some(format!(
+                "http listen: {} (plain HTTP by Host, {n} route{} with http_backends)",
+                listen.join(", "),
+                if n == 1 { "" } else { "s" }
+            )),
+        }
+    }
+
+    /// What the kernel bans do, and what they will need at start.
+    fn firewall_line(&self) -> String {
+        let f = &self.firewall;
+        if f.backend == FirewallBackend::None {
+            return "firewall: none (bans enforced in user space, right after accept)".to_string();
+        }
+        let scope = match f.scope {
+            FirewallScope::Listen => "packets to the listen ports",
+            FirewallScope::All => "all packets",
+        };
+        let nft = match crate::firewall::nft::locate() {
+            Some(path) => format!("nft ({})", path.display()),
+            None => "nft (NOT FOUND: install the Debian package nftables)".to_string(),
+        };
+        format!(
+            "firewall: nftables table inet {}, banned sources' {scope} dropped by the kernel; \
+             needs {nft} and CAP_NET_ADMIN (root, or config/sniroute.service.d/nftables.conf)",
+            f.table
+        )
     }
 
     /// `trusted balancers: 10.0.0.0/8 (PROXY v1/v2 header required; ...)`.
@@ -150,7 +204,7 @@ impl Config {
     }
 }
 
-/// `myapp.example.org (+1 name) -> 10.0.0.5:443 (proxy_protocol v2)`.
+/// `myapp.example.org (+1 name) -> 10.0.0.5:443; plain HTTP -> 10.0.0.5:80 (proxy_protocol v2)`.
 fn route_line(route: &Route) -> String {
     let mut line = match route.sni.first() {
         Some(first) => first.to_string(),
@@ -165,6 +219,14 @@ fn route_line(route: &Route) -> String {
     }
     let backends: Vec<String> = route.backends.iter().map(ToString::to_string).collect();
     let _ = write!(line, " -> {}", backends.join(", "));
+    if !route.http_backends.is_empty() {
+        let http: Vec<String> = route
+            .http_backends
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let _ = write!(line, "; plain HTTP -> {}", http.join(", "));
+    }
     match route.proxy_protocol {
         ProxyProtocol::None => {}
         ProxyProtocol::V1 => line.push_str(" (proxy_protocol v1)"),
