@@ -36,6 +36,7 @@ pub(super) fn section_fields(section: &str) -> &'static [&'static str] {
     match section {
         "limits" => fields_of::<RawLimits>(),
         "tls" => fields_of::<RawTls>(),
+        "http" => fields_of::<super::raw::RawHttp>(),
         "route" => fields_of::<RawRoute>(),
         "unknown" => fields_of::<RawUnknown>(),
         "ban" => fields_of::<RawBan>(),

@@ -60,11 +60,13 @@ pub const REFERENCE: &[Section] = &[
             },
             Key {
                 name: "defer_accept",
-                default: "false",
+                default: "true",
                 doc: "Linux TCP_DEFER_ACCEPT (nginx's `deferred`): the kernel hands a connection \
-                      over once its first bytes arrived, so every refusal costs less. A silent \
-                      client is handed over after about a second; one that leaves without a byte \
-                      within that second is never seen (no outcome, no log line, no strike).",
+                      over once its first bytes arrived, so every refusal costs less; TLS and \
+                      plain HTTP are client-first, so no real client waits for it. A silent \
+                      client is handed over after about a second; one that leaves without a \
+                      byte within that second is never seen (no outcome, no log line, no \
+                      strike). false turns it off.",
             },
         ],
     },
@@ -121,6 +123,21 @@ pub const REFERENCE: &[Section] = &[
         }],
     },
     Section {
+        name: "http",
+        header: "[http]",
+        about: "Plain HTTP/1.x listeners (port 80: ACME HTTP-01, the redirect to HTTPS). The \
+                first request's Host header picks the route, and the connection goes, bytes \
+                untouched, to the route's http_backends. Refused without a byte, and struck by \
+                default: an unknown Host (`unknown_host`), no usable Host (`no_host`), anything \
+                not an HTTP/1.x request (`not_http`).",
+        keys: &[Key {
+            name: "listen",
+            default: "[]",
+            doc: "Addresses for plain HTTP, like [\"0.0.0.0:80\", \"[::]:80\"]; an address may \
+                  not also be in the top-level listen. [] = no plain-HTTP listener.",
+        }],
+    },
+    Section {
         name: "route",
         header: "[[route]]",
         about: "One [[route]] per service (at least one). sniroute never terminates TLS: the \
@@ -150,6 +167,12 @@ pub const REFERENCE: &[Section] = &[
                 default: "\"none\"",
                 doc: "Tell the backend the client's real address with a PROXY protocol header: \
                       \"none\", \"v1\" (text) or \"v2\" (binary). The backend must expect it.",
+            },
+            Key {
+                name: "http_backends",
+                default: "(none)",
+                doc: "Where plain HTTP for these names goes from the [http] listeners, tried in \
+                      turn like backends; without it the names are unknown hosts there.",
             },
             Key {
                 name: "allow",
@@ -274,9 +297,10 @@ pub const REFERENCE: &[Section] = &[
             },
             Key {
                 name: "strike_on",
-                default: "[\"unknown_sni\", \"no_sni\", \"not_tls\"]",
-                doc: "Outcomes that count as a strike; also possible: \"timeout\", \"policy\", \
-                      \"too_large\", \"denied\". [] = manual bans only.",
+                default: "[\"unknown_sni\", \"no_sni\", \"not_tls\", \"unknown_host\", \"no_host\", \"not_http\"]",
+                doc: "Outcomes that count as a strike (the last three on the [http] listeners); \
+                      also possible: \"timeout\", \"policy\", \"too_large\", \"denied\". \
+                      [] = manual bans only.",
             },
             Key {
                 name: "ipv6_prefix",
@@ -347,6 +371,35 @@ pub const REFERENCE: &[Section] = &[
                 name: "format",
                 default: "\"text\"",
                 doc: "\"text\" or \"json\" (the same fields as keys). Times are RFC 3339 UTC.",
+            },
+        ],
+    },
+    Section {
+        name: "firewall",
+        header: "[firewall]",
+        about: "Kernel bans: every ban in force also dropped by nftables before sniroute sees \
+                the packets.",
+        keys: &[
+            Key {
+                name: "backend",
+                default: "\"none\"",
+                doc: "\"none\": bans are enforced in user space only, right after accept. \
+                      \"nftables\": each ban is also an element of a set in the table \
+                      `inet <table>`, with the time the ban has left as its timeout. Needs nft \
+                      (package nftables) and CAP_NET_ADMIN (root, or the unit's drop-in \
+                      sniroute.service.d/nftables.conf). Addresses in ban.ignore never go in.",
+            },
+            Key {
+                name: "table",
+                default: "\"sniroute\"",
+                doc: "The table sniroute creates at start, re-creates within 10 s if something \
+                      removes it, and deletes at a clean stop.",
+            },
+            Key {
+                name: "scope",
+                default: "\"listen\"",
+                doc: "\"listen\": drop banned sources' TCP packets to the listen ports only; \
+                      \"all\": drop every packet from them.",
             },
         ],
     },
