@@ -542,3 +542,69 @@ async fn http_backends_share_the_routes_balance_policy() {
     assert_eq!((to_a, to_b), (5, 5));
     router.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fail2ban_filter_finds_exactly_the_http_offenders() {
+    if Command::new("fail2ban-regex")
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_err()
+    {
+        eprintln!("NOTE: skipped: no fail2ban-regex on this host (.ci/run installs fail2ban)");
+        return;
+    }
+    let (backend, _rx) = spawn_recording_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let router = http_router(&format!(
+        "[[route]]\nsni = [\"app.test\"]\nbackend = \"{backend}\"\nhttp_backends = [\"{backend}\"]\n\n\
+         [log]\naccess = {:?}\nformat = \"text\"\n",
+        log.display().to_string()
+    ))
+    .await;
+    let http = router.http_addr.unwrap();
+    probe(http, ip(2), b"GET / HTTP/1.1\r\nHost: nope.test\r\n\r\n").await;
+    probe(http, ip(3), b"GET / HTTP/1.0\r\n\r\n").await;
+    probe(http, ip(4), &garbage(100)).await;
+    for _ in 0..3 {
+        probe(http, ip(9), b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.matches('\n').count() >= 6 {
+            break text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "log so far:\n{text}"
+        );
+        tokio::time::sleep(POLL).await;
+    };
+    let filter =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/fail2ban/filter.d/sniroute.conf");
+    let out = Command::new("fail2ban-regex")
+        .args(["-o", "ip"])
+        .arg(&log)
+        .arg(&filter)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut found: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        ["127.0.0.2", "127.0.0.3", "127.0.0.4"],
+        "one match per offence, no routed client; log:\n{text}"
+    );
+    router.stop().await.unwrap();
+}
