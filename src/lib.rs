@@ -1,8 +1,10 @@
 //! sniroute: a TLS SNI passthrough router that never terminates TLS.
 //!
 //! Module map (one owner per concern):
+//! - `cli`: the command line (also the source of the man page and completions);
 //! - `config`: file -> typed [`config::Config`], every error with its place;
-//! - `clienthello`: PURE bytes -> verdict; `peek`: read the hello off a socket;
+//! - `clienthello`: PURE bytes -> verdict; `httphead`: the same for a plain
+//!   HTTP/1.x request head (`[http]` listeners); `peek`: read either off a socket;
 //! - `routes`: name (+ ALPN) -> route; `cidr`: a route's `allow` set;
 //!   `balance`: a route's backend pool (policy, health, checks);
 //! - `guard`: strikes, bans, rate limits;
@@ -22,6 +24,7 @@ pub mod accesslog;
 pub mod admin;
 pub mod balance;
 pub mod cidr;
+pub mod cli;
 pub mod clienthello;
 pub mod config;
 pub mod conn;
@@ -30,6 +33,7 @@ pub mod firewall;
 pub mod forward;
 pub mod guard;
 pub mod hostname;
+pub mod httphead;
 pub mod lifecycle;
 pub mod listener;
 pub mod logging;
