@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# On-demand fuzz run: both targets side by side, one libFuzzer process each, niced.
+# On-demand fuzz run: every target side by side, one libFuzzer process each, niced.
 #
-#   fuzz/run.sh [SECONDS [TARGET...]]   # default: 600 s (the issue's 10 minutes), both targets
+#   fuzz/run.sh [SECONDS [TARGET...]]   # default: 600 s (the issue's 10 minutes), every target
 #
 # Needs cargo-fuzz (`cargo install cargo-fuzz`) and a nightly toolchain
 # (`cargo +nightly`; cargo-fuzz builds with -Zsanitizer=address). Without
@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 secs=${1:-600}
 shift || true
-[ $# -gt 0 ] && targets=("$@") || targets=(clienthello config)
+[ $# -gt 0 ] && targets=("$@") || targets=(clienthello proxyheader config)
 toolchain=+nightly
 if ! cargo +nightly --version >/dev/null 2>&1; then
   toolchain=
@@ -26,9 +26,10 @@ mkdir -p "$logs"
 
 # Per target: libFuzzer -max_len (the clienthello stream carries a 3-byte
 # header; 4 KiB covers the largest real hello, ~2 KiB, with room to spare,
-# and small caps in the header reach every TooLarge path) and the per-input
+# and small caps in the header reach every TooLarge path; the proxyheader
+# stream covers the 4 KiB header cap and what follows) and the per-input
 # time limit that counts as a hang (a parse takes microseconds).
-declare -A max_len=([clienthello]=4096 [config]=8192)
+declare -A max_len=([clienthello]=4096 [proxyheader]=8192 [config]=8192)
 pids=()
 for target in "${targets[@]}"; do
   mkdir -p "corpus/$target"

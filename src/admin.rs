@@ -22,6 +22,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
+use arc_swap::ArcSwapOption;
+
+use crate::crowdsec;
 use crate::guard::Guard;
 use crate::guard::bans::Ban;
 use crate::guard::clock::rfc3339 as time;
@@ -128,12 +131,17 @@ pub struct StatusReport {
     pub sources_with_strikes: u64,
     /// Sources the rate limiter is tracking.
     pub rate_limit_keys: u64,
+    /// The CrowdSec LAPI's state, when `[crowdsec]` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crowdsec: Option<crowdsec::Report>,
 }
 
 /// The bound admin socket. Dropping it removes the socket file (if it is
 /// still the one it bound).
 pub struct AdminServer {
     listener: UnixListener,
+    /// What `status` shows of CrowdSec, when it runs.
+    crowdsec: Arc<ArcSwapOption<crowdsec::Status>>,
     path: PathBuf,
     inode: (u64, u64),
 }
@@ -159,7 +167,14 @@ impl AdminServer {
             listener: UnixListener::from_std(listener)?,
             path: path.to_path_buf(),
             inode: (meta.dev(), meta.ino()),
+            crowdsec: Arc::default(),
         })
+    }
+
+    /// Shows CrowdSec's state (whatever `slot` holds at each request) in `status`.
+    pub fn with_crowdsec(mut self, slot: Arc<ArcSwapOption<crowdsec::Status>>) -> AdminServer {
+        self.crowdsec = slot;
+        self
     }
 
     /// The socket's path.
@@ -177,8 +192,13 @@ impl AdminServer {
             match self.listener.accept().await {
                 Ok((stream, _)) => {
                     let (guard, control) = (guard.clone(), control.clone());
+                    let crowdsec = self.crowdsec.load_full();
                     tokio::spawn(async move {
-                        if let Err(e) = answer(stream, &guard, control.as_ref()).await {
+                        let status = Ctx {
+                            guard: &guard,
+                            crowdsec: crowdsec.as_deref(),
+                        };
+                        if let Err(e) = answer(stream, status, control.as_ref()).await {
                             tracing::debug!(error = %e, "admin connection failed");
                         }
                     });
@@ -253,7 +273,7 @@ fn bind_private(path: &Path, parent: &Path) -> io::Result<std::os::unix::net::Un
 /// Reads one request, writes one response.
 async fn answer(
     stream: UnixStream,
-    guard: &Guard,
+    ctx: Ctx<'_>,
     control: Option<&mpsc::Sender<Control>>,
 ) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
@@ -263,7 +283,7 @@ async fn answer(
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request in time"))??;
     let response = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => handle(request, guard, control).await,
+        Ok(request) => handle(request, ctx, control).await,
         Err(e) => Response::Refused {
             message: format!("bad request: {e}"),
         },
@@ -277,11 +297,12 @@ async fn answer(
 /// Carries out one request.
 async fn handle(
     request: Request,
-    guard: &Guard,
+    ctx: Ctx<'_>,
     control: Option<&mpsc::Sender<Control>>,
 ) -> Response {
+    let guard = ctx.guard;
     match request {
-        Request::Status => Response::Status(status(guard)),
+        Request::Status => Response::Status(status(ctx)),
         Request::BansList => Response::Bans { bans: guard.bans() },
         Request::BansAdd {
             addr,
@@ -325,9 +346,18 @@ fn refused(message: String) -> Response {
     Response::Refused { message }
 }
 
-fn status(guard: &Guard) -> StatusReport {
+/// What a request may look at.
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    guard: &'a Guard,
+    crowdsec: Option<&'a crowdsec::Status>,
+}
+
+fn status(ctx: Ctx<'_>) -> StatusReport {
+    let guard = ctx.guard;
     let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
     StatusReport {
+        crowdsec: ctx.crowdsec.map(|c| c.report(guard)),
         connections: guard
             .outcome_counts()
             .into_iter()
@@ -456,8 +486,36 @@ impl StatusReport {
         );
         let _ = writeln!(out, "Currently banned: {}", self.currently_banned);
         let _ = writeln!(out, "Total banned: {}", self.total_banned);
+        if let Some(c) = &self.crowdsec {
+            out.push_str(&crowdsec_lines(c));
+        }
         out
     }
+}
+
+/// The CrowdSec part of `status`.
+fn crowdsec_lines(c: &crowdsec::Report) -> String {
+    let mut out = format!("CrowdSec LAPI: {}\n", c.lapi_url);
+    let last = match c.last_pull {
+        0 => "never".to_string(),
+        t => time(t),
+    };
+    let _ = writeln!(out, "  Last pull: {last}");
+    if let Some(e) = &c.pull_error {
+        let _ = writeln!(out, "  Pull failing: {e}");
+    }
+    let _ = writeln!(out, "  Remote decisions: {}", c.decisions);
+    if c.push {
+        let last = match c.last_push {
+            0 => "never".to_string(),
+            t => time(t),
+        };
+        let _ = writeln!(out, "  Last push: {last}; waiting: {}", c.push_pending);
+        if let Some(e) = &c.push_error {
+            let _ = writeln!(out, "  Push failing: {e}");
+        }
+    }
+    out
 }
 
 /// `bans list` as a table.
@@ -478,12 +536,17 @@ fn bans_table(bans: &[Ban]) -> String {
     for b in bans {
         let _ = writeln!(
             out,
-            "{:<width$}  {:<13}  {:>7}  {:<20}  {}",
+            "{:<width$}  {:<13}  {:>7}  {:<20}  {}{}",
             b.net,
             b.reason,
             b.strikes,
             time(b.banned_at),
-            time(b.expires_at)
+            time(b.expires_at),
+            if b.kernel {
+                ""
+            } else {
+                "  (behind a balancer)"
+            },
         );
     }
     out
@@ -558,6 +621,7 @@ mod tests {
             total_banned: 5,
             sources_with_strikes: 1,
             rate_limit_keys: 3,
+            crowdsec: None,
         };
         let text = report.human();
         assert!(text.lines().any(|l| l == "Currently banned: 2"));
@@ -580,6 +644,7 @@ mod tests {
             strikes: 1,
             banned_at: 1_633_881_336,
             expires_at: 1_665_417_336,
+            kernel: true,
         };
         let text = bans_table(&[ban]);
         let mut lines = text.lines();
@@ -600,6 +665,7 @@ mod tests {
             strikes: 0,
             banned_at: 1_633_881_336,
             expires_at: 1_665_417_336,
+            kernel: true,
         };
         let response = Response::Bans { bans: vec![ban] };
         let json: serde_json::Value = serde_json::to_value(&response).unwrap();

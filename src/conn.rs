@@ -1,8 +1,14 @@
 //! The story of one client connection, from accept to close, and its single
-//! [`Outcome`]: read the hello, check the policy, pick the route, check its
-//! `allow` list, connect,
+//! [`Outcome`]: (from a trusted balancer: read its PROXY header, admit the
+//! client it names), read the hello, check the policy, pick the route, check
+//! its `allow` list, connect,
 //! replay the hello, relay. Every early exit is an `Err(Outcome)`; [`finish`]
 //! writes the one log line, the one metric update and the strike.
+//!
+//! Who the connection is from is its [`Source`]: the peer itself, or the
+//! client a trusted balancer's header names, which then stands in for the
+//! peer everywhere (admission, `allow`, strikes, log, the backend's PROXY
+//! header). A balancer itself is never struck.
 //!
 //! The client socket reaches [`start`] unregistered: if its hello is already
 //! there (always with `defer_accept`), a refusal costs accept + read + close,
@@ -21,7 +27,50 @@ use crate::config::{ProxyProtocol, Route};
 use crate::forward::{self, RelayOptions};
 use crate::outcome::Outcome;
 use crate::peek;
+use crate::proxyheader::Endpoints;
 use crate::shared::{Shared, Slot, Snapshot};
+
+/// Who a connection speaks for: decided at accept (a trusted balancer or
+/// not), then by a balancer's PROXY header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A client that connected itself.
+    Direct(SocketAddr),
+    /// A trusted balancer (`proxy_protocol.accept_from`) before its header,
+    /// or speaking for itself (LOCAL, UNKNOWN, or naming a trusted address):
+    /// never struck, banned nor rate-limited.
+    Balancer(SocketAddr),
+    /// The client a trusted balancer's header named, and the address it
+    /// connected to at the balancer. Its bans stay out of the kernel set.
+    Proxied { client: SocketAddr, to: SocketAddr },
+}
+
+impl Source {
+    /// The address the connection is judged and logged under.
+    pub fn addr(self) -> SocketAddr {
+        match self {
+            Source::Direct(addr) | Source::Balancer(addr) => addr,
+            Source::Proxied { client, .. } => client,
+        }
+    }
+}
+
+/// The client socket, handed to the reactor only once it must wait.
+enum Socket {
+    Fresh(std::net::TcpStream),
+    Registered(TcpStream),
+}
+
+impl Socket {
+    /// Hands the client socket to the reactor (if not done yet). Fails only
+    /// when the kernel is out of epoll watches or memory.
+    fn register(self) -> Result<TcpStream, Outcome> {
+        match self {
+            Socket::Fresh(client) => TcpStream::from_std(client).map_err(|_| Outcome::Overloaded),
+            Socket::Registered(client) => Ok(client),
+        }
+    }
+}
 
 /// Takes over an admitted connection (non-blocking, not yet registered with
 /// the reactor). `slot` holds its place under `max_connections` until the end.
@@ -29,62 +78,93 @@ pub fn start(
     shared: &Arc<Shared>,
     snapshot: Arc<Snapshot>,
     client: std::net::TcpStream,
-    peer: SocketAddr,
+    source: Source,
     accepted: Instant,
     slot: Slot,
 ) {
     let shared = Arc::clone(shared);
     tokio::spawn(async move {
         let mut entry = Entry::default();
-        let served = serve(&shared, &snapshot, client, peer, accepted, &mut entry).await;
+        let mut source = source;
+        let served = serve(
+            &shared,
+            &snapshot,
+            client,
+            &mut source,
+            accepted,
+            &mut entry,
+        )
+        .await;
         let outcome = match served {
             Ok(()) => Outcome::Routed,
             Err(outcome) => outcome,
         };
         drop(slot);
-        finish(&shared, peer, outcome, &entry, accepted);
+        finish(&shared, source, outcome, &entry, accepted);
     });
 }
 
 /// Records how a connection ended: metric, strike, log line.
-pub fn finish(
-    shared: &Shared,
-    peer: SocketAddr,
-    outcome: Outcome,
-    entry: &Entry,
-    accepted: Instant,
-) {
+pub fn finish(shared: &Shared, source: Source, outcome: Outcome, entry: &Entry, accepted: Instant) {
     shared.metrics.ended(outcome);
-    // Counts every outcome for `status`; strikes only those in `strike_on`.
-    shared.guard.strike(peer.ip().to_canonical(), outcome);
-    shared.log.write(peer, outcome, entry, accepted.elapsed());
+    // Counts every outcome for `status`; strikes only those in `strike_on`,
+    // and never a trusted balancer.
+    match source {
+        Source::Direct(peer) => shared.guard.strike(peer.ip().to_canonical(), outcome),
+        Source::Proxied { client, .. } => shared.guard.strike_proxied(client.ip(), outcome),
+        Source::Balancer(_) => shared.guard.count(outcome),
+    }
+    shared
+        .log
+        .write(source.addr(), outcome, entry, accepted.elapsed());
 }
 
 async fn serve(
     shared: &Shared,
     snapshot: &Snapshot,
     client: std::net::TcpStream,
-    peer: SocketAddr,
+    source: &mut Source,
     accepted: Instant,
     entry: &mut Entry,
 ) -> Result<(), Outcome> {
     let config = &snapshot.config;
     let limits = &config.limits;
     let max_len = limits.max_client_hello;
+    let deadline = accepted + limits.client_hello_timeout;
+    let mut hello_bytes = Vec::new();
+
+    // A trusted balancer speaks first: its PROXY header names the client,
+    // who is then admitted (bans, rate limit) as if it had connected itself.
+    // The bytes after the header are the start of the hello.
+    let client = match *source {
+        Source::Balancer(balancer) => {
+            let (client, named) =
+                read_proxy_header(snapshot, client, balancer, deadline, &mut hello_bytes).await?;
+            *source = named;
+            if let Source::Proxied { client, .. } = named {
+                shared.guard.admit(client.ip())?;
+            }
+            client
+        }
+        Source::Direct(_) | Source::Proxied { .. } => Socket::Fresh(client),
+    };
+    let peer = source.addr();
 
     // When the hello is already here (always with `defer_accept`; otherwise
     // only when the accept queue was backed up: it usually arrives a few
     // microseconds after the handshake), a refusal costs no registration
     // with the reactor and no timer. Else the socket waits in the reactor.
-    let mut hello_bytes = Vec::new();
-    let (index, client) = match peek::read_now(&client, max_len, &mut hello_bytes) {
+    let early = match &client {
+        Socket::Fresh(client) => peek::read_now(client, max_len, &mut hello_bytes),
+        Socket::Registered(_) => peek::decide(&hello_bytes, max_len),
+    };
+    let (index, client) = match early {
         Some(verdict) => {
             hello_seconds(shared, accepted);
-            (choose(snapshot, verdict?, entry)?, register(client)?)
+            (choose(snapshot, verdict?, entry)?, client.register()?)
         }
         None => {
-            let mut client = register(client)?;
-            let deadline = accepted + limits.client_hello_timeout;
+            let mut client = client.register()?;
             let hello =
                 peek::read_client_hello(&mut client, max_len, deadline, &mut hello_bytes).await;
             hello_seconds(shared, accepted);
@@ -113,7 +193,12 @@ async fn serve(
     let preamble = match route.proxy_protocol {
         ProxyProtocol::None => hello_bytes,
         kind => {
-            let local = client.local_addr().map_err(|_| Outcome::BackendError)?;
+            let local = match *source {
+                Source::Proxied { to, .. } => to,
+                Source::Direct(_) | Source::Balancer(_) => {
+                    client.local_addr().map_err(|_| Outcome::BackendError)?
+                }
+            };
             // A PROXY header is at most 107 bytes (v1; v2 is at most 52).
             let mut preamble = Vec::with_capacity(hello_bytes.len() + 107);
             forward::proxy_header(kind, peer, local, &mut preamble);
@@ -146,10 +231,38 @@ async fn serve(
     Ok(())
 }
 
-/// Hands the client socket to the reactor. Fails only when the kernel is out
-/// of epoll watches or memory.
-fn register(client: std::net::TcpStream) -> Result<TcpStream, Outcome> {
-    TcpStream::from_std(client).map_err(|_| Outcome::Overloaded)
+/// Reads a trusted balancer's PROXY header into `buf` and leaves there only
+/// the bytes after it; says whom it names. LOCAL, UNKNOWN and a header naming
+/// a trusted address leave the balancer speaking for itself (the spec: use
+/// the connection's own endpoints).
+async fn read_proxy_header(
+    snapshot: &Snapshot,
+    client: std::net::TcpStream,
+    balancer: SocketAddr,
+    deadline: Instant,
+    buf: &mut Vec<u8>,
+) -> Result<(Socket, Source), Outcome> {
+    let (header, client) = match peek::read_header_now(&client, buf) {
+        Some(header) => (header?, Socket::Fresh(client)),
+        None => {
+            let mut client = Socket::Fresh(client).register()?;
+            let header = peek::read_proxy_header(&mut client, deadline, buf).await?;
+            (header, Socket::Registered(client))
+        }
+    };
+    buf.drain(..header.len.min(buf.len()));
+    let trusted = &snapshot.config.proxy_protocol.accept_from;
+    let source = match header.endpoints {
+        Endpoints::Tcp {
+            source,
+            destination,
+        } if !trusted.contains(source.ip()) => Source::Proxied {
+            client: source,
+            to: destination,
+        },
+        Endpoints::Tcp { .. } | Endpoints::Local | Endpoints::Unknown => Source::Balancer(balancer),
+    };
+    Ok((client, source))
 }
 
 /// The route for `hello`, after the version policy; notes the SNI and the

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::accesslog::Entry;
-use crate::conn;
+use crate::conn::{self, Source};
 use crate::outcome::Outcome;
 use crate::shared::Shared;
 
@@ -123,12 +123,21 @@ fn is_exhaustion(e: &io::Error) -> bool {
     [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM].contains(&errno)
 }
 
-/// Decides at accept time; a refused connection is closed before a byte is read.
+/// Decides at accept time; a refused connection is closed before a byte is
+/// read. A trusted balancer is not checked against bans and rate limits: the
+/// client its PROXY header names is, in `conn`.
 fn admit(shared: &Arc<Shared>, stream: std::net::TcpStream, peer: SocketAddr) {
     let accepted = Instant::now();
-    if let Err(outcome) = shared.guard.admit(peer.ip().to_canonical()) {
+    let source = if shared.trusts(peer.ip()) {
+        Source::Balancer(peer)
+    } else {
+        Source::Direct(peer)
+    };
+    if let Source::Direct(_) = source
+        && let Err(outcome) = shared.guard.admit(peer.ip().to_canonical())
+    {
         drop(stream);
-        conn::finish(shared, peer, outcome, &Entry::default(), accepted);
+        conn::finish(shared, source, outcome, &Entry::default(), accepted);
         return;
     }
     let snapshot = shared.snapshot();
@@ -136,12 +145,12 @@ fn admit(shared: &Arc<Shared>, stream: std::net::TcpStream, peer: SocketAddr) {
         drop(stream);
         conn::finish(
             shared,
-            peer,
+            source,
             Outcome::Overloaded,
             &Entry::default(),
             accepted,
         );
         return;
     };
-    conn::start(shared, snapshot, stream, peer, accepted, slot);
+    conn::start(shared, snapshot, stream, source, accepted, slot);
 }

@@ -155,6 +155,45 @@ mod tests {
         assert_eq!(prefix_lines(6, "one"), "<6>one\n");
     }
 
+    /// Collects what a subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn journal_format_prefixes_each_line_and_drops_the_time() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .event_format(JournalFormat(format().without_time().with_ansi(false)))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!("config reload refused:\nsniroute.toml:1:1: bad");
+            tracing::warn!(route = "app.example", "no backend reachable");
+            tracing::info!("listening");
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[0].starts_with("<3>ERROR "), "{text}");
+        assert!(lines[0].ends_with("config reload refused:"), "{text}");
+        assert_eq!(lines[1], "<3>sniroute.toml:1:1: bad");
+        assert!(lines[2].starts_with("<4> WARN "), "{text}");
+        assert!(lines[2].contains("route=\"app.example\""), "{text}");
+        assert!(lines[3].starts_with("<6> INFO "), "{text}");
+    }
+
     #[test]
     fn levels_map_to_syslog_priorities() {
         let got = [

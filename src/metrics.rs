@@ -1,14 +1,19 @@
 //! Every metric of the contract, registered once at start-up so dashboards see
 //! zeros instead of "no data", and handles pre-built per outcome and per route
 //! so the per-connection path records without a lock or an allocation.
-//! The `/metrics` endpoint itself is a tiny HTTP/1.0 responder.
+//! The `/metrics` endpoint is served by hyper's HTTP/1 server (the HTTP
+//! stack the CrowdSec client uses too).
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::config::Route;
@@ -51,7 +56,7 @@ fn register_static() {
     for reason in Outcome::STRIKABLE {
         counter!("sniroute_strikes_total", "reason" => reason.as_str()).increment(0);
     }
-    for source in ["strike", "manual"] {
+    for source in ["strike", "manual", "crowdsec"] {
         counter!("sniroute_bans_total", "source" => source).increment(0);
     }
     for reason in ["expired", "manual"] {
@@ -63,6 +68,11 @@ fn register_static() {
     // The config in force at start-up was loaded fine (else no start).
     gauge!("sniroute_config_last_reload_successful").set(1.0);
     gauge!("sniroute_banned").increment(0.0);
+    gauge!("sniroute_crowdsec_decisions").increment(0.0);
+    for result in ["ok", "error"] {
+        counter!("sniroute_crowdsec_pulls_total", "result" => result).increment(0);
+        counter!("sniroute_crowdsec_pushes_total", "result" => result).increment(0);
+    }
     gauge!("sniroute_strike_sources").increment(0.0);
     gauge!("sniroute_rate_limit_keys").increment(0.0);
     gauge!("sniroute_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
@@ -95,6 +105,18 @@ fn describe() {
     );
     describe_counter!("sniroute_bans_total", "New bans by source.");
     describe_gauge!("sniroute_banned", "Addresses and prefixes banned now.");
+    describe_gauge!(
+        "sniroute_crowdsec_decisions",
+        "Remote bans (CrowdSec decisions) held now."
+    );
+    describe_counter!(
+        "sniroute_crowdsec_pulls_total",
+        "Decision pulls from the CrowdSec LAPI, by result."
+    );
+    describe_counter!(
+        "sniroute_crowdsec_pushes_total",
+        "Alerts and deletions sent to the CrowdSec LAPI, by result."
+    );
     describe_counter!("sniroute_unbans_total", "Bans lifted, by reason.");
     describe_histogram!(
         "sniroute_client_hello_seconds",
@@ -255,49 +277,61 @@ pub fn limits(max_connections: usize) {
     gauge!("sniroute_max_connections").set(max_connections as f64);
 }
 
-/// Longest request head the endpoint reads: a scrape's request line and
-/// headers fit many times over; anything longer is not a scraper.
-const MAX_REQUEST: usize = 8192;
+/// How long a scraper may take to send its request head: a scrape sends it
+/// at once; a connection still silent after this is not a scraper.
+const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Serves `GET /metrics` on `listener` until the task is dropped.
+/// Serves `GET /metrics` on `listener` until the task is dropped, with
+/// hyper's HTTP/1 server: `/metrics` answers the exposition, any other path
+/// a 404, and each connection closes after its response.
 pub async fn serve(listener: TcpListener, handle: &'static PrometheusHandle) {
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let Ok((stream, _)) = listener.accept().await else {
+            // Out of descriptors and the like: let the system recover.
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
+        let service = service_fn(move |request| async move {
+            Ok::<_, std::convert::Infallible>(respond(handle, &request))
+        });
         tokio::spawn(async move {
-            let mut head = Vec::with_capacity(1024);
-            let read = async {
-                let mut chunk = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST {
-                    let n = stream.read(&mut chunk).await?;
-                    if n == 0 {
-                        break;
-                    }
-                    head.extend_from_slice(chunk.get(..n).unwrap_or_default());
-                }
-                Ok::<_, std::io::Error>(())
-            };
-            let timed = tokio::time::timeout(std::time::Duration::from_secs(10), read).await;
-            if !matches!(timed, Ok(Ok(()))) {
-                return;
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "metrics connection");
             }
-            let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-            let (status, body) = if line.starts_with(b"GET /metrics ") || line == b"GET /metrics" {
-                handle.run_upkeep();
-                ("200 OK", handle.render())
-            } else {
-                ("404 Not Found", "not found; try /metrics\n".to_owned())
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
         });
     }
+}
+
+/// The response to one request: the scrape for `GET`/`HEAD /metrics`
+/// (query ignored), 404 elsewhere, 405 for other methods.
+fn respond<B>(handle: &PrometheusHandle, request: &Request<B>) -> Response<Full<Bytes>> {
+    let (status, body) = match (request.method(), request.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/metrics") => {
+            handle.run_upkeep();
+            (StatusCode::OK, handle.render())
+        }
+        (_, "/metrics") => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET /metrics\n".to_owned(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "not found; try /metrics\n".to_owned(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }
 
 /// Binds the metrics endpoint (start-up fails loudly if it cannot).

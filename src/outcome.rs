@@ -31,11 +31,14 @@ pub enum Outcome {
     BackendError,
     /// The route's `allow` list does not hold the source address.
     Denied,
+    /// A trusted balancer (`proxy_protocol.accept_from`) sent bytes that are
+    /// not a valid PROXY header. Never a strike: the balancer is not the client.
+    ProxyError,
 }
 
 impl Outcome {
     /// Every outcome, in a fixed order (for pre-registered metrics).
-    pub const ALL: [Outcome; 12] = [
+    pub const ALL: [Outcome; 13] = [
         Outcome::Routed,
         Outcome::UnknownSni,
         Outcome::NoSni,
@@ -48,6 +51,7 @@ impl Outcome {
         Outcome::Overloaded,
         Outcome::BackendError,
         Outcome::Denied,
+        Outcome::ProxyError,
     ];
 
     /// The outcomes `ban.strike_on` accepts: ones a client causes before
@@ -77,6 +81,7 @@ impl Outcome {
             Outcome::Overloaded => "overloaded",
             Outcome::BackendError => "backend_error",
             Outcome::Denied => "denied",
+            Outcome::ProxyError => "proxy_error",
         }
     }
 

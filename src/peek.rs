@@ -1,12 +1,16 @@
-//! Reads the ClientHello off a fresh client socket: into a bounded buffer,
+//! Reads the first bytes off a fresh client socket: the ClientHello, and
+//! before it the PROXY header of a trusted balancer. Into a bounded buffer,
 //! within the hello timeout, deciding only when the parser can. The bytes are
 //! kept so the connection handler can replay them to the backend.
 //!
-//! Two steps: [`read_now`], one non-blocking read right after accept (the
-//! hello is there with `defer_accept`, or when the accept queue was backed
-//! up; otherwise it usually arrives a few microseconds after the handshake),
-//! then, only if the parser needs more, [`read_client_hello`] waits for the
-//! rest on the registered socket.
+//! Two steps for each: one non-blocking read right after accept
+//! ([`read_now`], [`read_header_now`]: the bytes are there with
+//! `defer_accept`, or when the accept queue was backed up; otherwise they
+//! usually arrive a few microseconds after the handshake), then, only if the
+//! parser needs more, [`read_client_hello`] / [`read_proxy_header`] wait for
+//! the rest on the registered socket. Every function appends to the buffer
+//! it is given and decides on all of it, so the bytes a balancer sent after
+//! its header are the start of the hello.
 //!
 //! No `MSG_PEEK`: peeking in a loop spins while the socket stays readable.
 
@@ -18,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::clienthello::{self, ClientHello, Verdict};
 use crate::outcome::Outcome;
+use crate::proxyheader::{self, Header};
 
 /// First read of the hello: a typical hello (300-600 B, up to ~2 KB with a
 /// post-quantum key share) lands in it whole.
@@ -26,32 +31,34 @@ const FIRST_READ: usize = 2048;
 /// What the client has sent so far decided the connection, or not yet.
 pub type Early = Option<Result<ClientHello, Outcome>>;
 
-/// One non-blocking read of what the client has sent so far, into `buf`
-/// (cleared first). `Some` when the parser could decide on it, `None` when
-/// more must be read (nothing there yet, or part of a hello).
+/// What a trusted balancer has sent so far decided its header, or not yet.
+pub type EarlyHeader = Option<Result<Header, Outcome>>;
+
+/// The end of one read.
+enum Read1 {
+    /// Bytes arrived.
+    Bytes,
+    /// Nothing there yet (non-blocking read only).
+    Nothing,
+    /// The peer closed or reset.
+    Closed,
+}
+
+/// One non-blocking read of what the client has sent so far, appended to
+/// `buf`. `Some` when the parser could decide on `buf`, `None` when more must
+/// be read (nothing there yet, or part of a hello).
 ///
 /// A client that already closed or reset ends as `Timeout` ("no full
 /// ClientHello"), like one that stalls.
 pub fn read_now(stream: &std::net::TcpStream, max_len: usize, buf: &mut Vec<u8>) -> Early {
-    buf.clear();
-    buf.resize(FIRST_READ.min(max_len + 1), 0);
-    let read = loop {
-        match (&mut &*stream).read(buf) {
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            read => break read,
-        }
-    };
-    match read {
-        Ok(0) => Some(Err(Outcome::Timeout)),
-        Ok(n) => {
-            buf.truncate(n);
-            decide(buf, max_len)
-        }
-        Err(e) if e.kind() == ErrorKind::WouldBlock => {
-            buf.clear();
-            None
-        }
-        Err(_) => Some(Err(Outcome::Timeout)),
+    if let Some(verdict) = decide(buf, max_len) {
+        return Some(verdict);
+    }
+    let limit = (buf.len() + FIRST_READ).min(max_len + 1);
+    match read_some_now(stream, limit, buf) {
+        Read1::Bytes => decide(buf, max_len),
+        Read1::Nothing => None,
+        Read1::Closed => Some(Err(Outcome::Timeout)),
     }
 }
 
@@ -67,42 +74,129 @@ pub async fn read_client_hello(
     deadline: Instant,
     buf: &mut Vec<u8>,
 ) -> Result<ClientHello, Outcome> {
-    match tokio::time::timeout_at(deadline, read_until_verdict(stream, max_len, buf)).await {
-        Ok(verdict) => verdict,
-        Err(_elapsed) => Err(Outcome::Timeout),
-    }
-}
-
-async fn read_until_verdict(
-    stream: &mut TcpStream,
-    max_len: usize,
-    buf: &mut Vec<u8>,
-) -> Result<ClientHello, Outcome> {
-    buf.reserve(FIRST_READ.min(max_len + 1).saturating_sub(buf.len()));
-    loop {
-        // One byte past the cap is enough to know the hello is too large.
-        let room = (max_len + 1).saturating_sub(buf.len());
-        if buf.capacity() == buf.len() {
-            buf.reserve(room.min(buf.capacity()));
-        }
-        let want = room.min(buf.capacity() - buf.len());
-        match (&mut *stream).take(want as u64).read_buf(buf).await {
-            Ok(0) | Err(_) => return Err(Outcome::Timeout),
-            Ok(_) => {}
-        }
-        if let Some(verdict) = decide(buf, max_len) {
-            return verdict;
-        }
+    let judge = |buf: &[u8]| decide(buf, max_len);
+    let read = read_until(stream, max_len + 1, buf, judge);
+    match tokio::time::timeout_at(deadline, read).await {
+        Ok(Some(verdict)) => verdict,
+        Ok(None) | Err(_) => Err(Outcome::Timeout),
     }
 }
 
 /// The parser's verdict on `buf`, `None` while it needs more and the cap
-/// still allows more.
-fn decide(buf: &[u8], max_len: usize) -> Early {
+/// still allows more. For bytes already read (after a PROXY header).
+pub fn decide(buf: &[u8], max_len: usize) -> Early {
+    if buf.is_empty() {
+        return None;
+    }
     match clienthello::parse(buf, max_len) {
         Verdict::NeedMore if buf.len() > max_len => Some(Err(Outcome::TooLarge)),
         Verdict::NeedMore => None,
         Verdict::Hello(hello) => Some(Ok(hello)),
         Verdict::Reject(outcome) => Some(Err(outcome)),
+    }
+}
+
+/// One non-blocking read of a trusted balancer's PROXY header into `buf`
+/// (empty), like [`read_now`]. The header's bytes stay at the start of
+/// `buf`; what follows them is the client's.
+pub fn read_header_now(stream: &std::net::TcpStream, buf: &mut Vec<u8>) -> EarlyHeader {
+    match read_some_now(stream, proxyheader::MAX_LEN, buf) {
+        Read1::Bytes => decide_header(buf),
+        Read1::Nothing => None,
+        Read1::Closed => Some(Err(closed_before_header(buf))),
+    }
+}
+
+/// Reads on from what [`read_header_now`] left in `buf` until the header is
+/// decided, until `deadline`. Not a valid header: `ProxyError`; nothing at
+/// all before a close or the deadline: `Timeout` (a health check that
+/// connects and hangs up); part of one: `ProxyError`.
+pub async fn read_proxy_header(
+    stream: &mut TcpStream,
+    deadline: Instant,
+    buf: &mut Vec<u8>,
+) -> Result<Header, Outcome> {
+    let read = read_until(stream, proxyheader::MAX_LEN, buf, decide_header);
+    match tokio::time::timeout_at(deadline, read).await {
+        Ok(Some(verdict)) => verdict,
+        Ok(None) | Err(_) => Err(closed_before_header(buf)),
+    }
+}
+
+/// The header parser's verdict on `buf`. `MAX_LEN` bytes always decide.
+fn decide_header(buf: &[u8]) -> EarlyHeader {
+    match proxyheader::parse(buf) {
+        proxyheader::Verdict::NeedMore => None,
+        proxyheader::Verdict::Header(header) => Some(Ok(header)),
+        proxyheader::Verdict::Invalid(why) => {
+            tracing::debug!("invalid PROXY header from a trusted balancer: {why}");
+            Some(Err(Outcome::ProxyError))
+        }
+    }
+}
+
+/// The outcome of a balancer that closed or stalled before a whole header.
+fn closed_before_header(buf: &[u8]) -> Outcome {
+    if buf.is_empty() {
+        Outcome::Timeout
+    } else {
+        Outcome::ProxyError
+    }
+}
+
+/// One non-blocking read appended to `buf`, which then holds at most `limit`
+/// bytes (`limit` is above `buf.len()`).
+fn read_some_now(stream: &std::net::TcpStream, limit: usize, buf: &mut Vec<u8>) -> Read1 {
+    let start = buf.len();
+    buf.resize(limit.max(start + 1), 0);
+    let read = loop {
+        let room = buf.get_mut(start..).unwrap_or_default();
+        match (&mut &*stream).read(room) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            read => break read,
+        }
+    };
+    match read {
+        Ok(0) => {
+            buf.truncate(start);
+            Read1::Closed
+        }
+        Ok(n) => {
+            buf.truncate(start + n);
+            Read1::Bytes
+        }
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+            buf.truncate(start);
+            Read1::Nothing
+        }
+        Err(_) => {
+            buf.truncate(start);
+            Read1::Closed
+        }
+    }
+}
+
+/// Reads into `buf` (at most `limit` bytes in all) until `judge` decides;
+/// `None` when the peer closes or resets first.
+async fn read_until<T>(
+    stream: &mut TcpStream,
+    limit: usize,
+    buf: &mut Vec<u8>,
+    judge: impl Fn(&[u8]) -> Option<T>,
+) -> Option<T> {
+    buf.reserve(FIRST_READ.min(limit).saturating_sub(buf.len()));
+    loop {
+        let room = limit.saturating_sub(buf.len());
+        if buf.capacity() == buf.len() {
+            buf.reserve(room.min(buf.capacity()));
+        }
+        let want = room.min(buf.capacity() - buf.len());
+        match (&mut *stream).take(want as u64).read_buf(buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+        if let Some(verdict) = judge(buf) {
+            return Some(verdict);
+        }
     }
 }

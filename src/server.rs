@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use arc_swap::ArcSwapOption;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -16,6 +17,7 @@ use crate::accesslog::AccessLog;
 use crate::admin::AdminServer;
 use crate::balance::Checks;
 use crate::config::{self, Config};
+use crate::crowdsec::{self, Crowdsec};
 use crate::guard::Guard;
 use crate::lifecycle;
 use crate::listener;
@@ -112,6 +114,8 @@ impl Server {
             accepting.start(addr, l, &shared)?;
         }
         let metrics_task = start_metrics(&shared.snapshot().config).await?;
+        let mut crowdsec = CrowdsecSlot::default();
+        crowdsec.follow(&shared)?;
         let housekeeping = shared
             .guard
             .spawn_housekeeping()
@@ -120,7 +124,7 @@ impl Server {
         let (admin_tx, mut admin_rx) = mpsc::channel(8);
         let admin_task = match &shared.snapshot().config.admin.socket {
             Some(path) => {
-                let admin = AdminServer::bind(path)?;
+                let admin = AdminServer::bind(path)?.with_crowdsec(Arc::clone(&crowdsec.status));
                 Some(tokio::spawn(
                     admin.serve(Arc::clone(&shared.guard), Some(admin_tx)),
                 ))
@@ -148,6 +152,11 @@ impl Server {
                     if result.is_ok() {
                         // The new routes' checks start; the old ones stop.
                         checks = Checks::start(&shared.snapshot().pools);
+                        if let Err(e) = crowdsec.follow(&shared) {
+                            tracing::error!(
+                                "crowdsec: cannot restart with the reloaded config: {e:#}"
+                            );
+                        }
                     }
                     if let Some(reply) = reply {
                         let _ = reply.send(result);
@@ -174,6 +183,7 @@ impl Server {
         if !drained {
             tracing::warn!("closing {} open connections now", shared.open_connections());
         }
+        drop(crowdsec);
         for task in [metrics_task, admin_task].into_iter().flatten() {
             task.abort();
         }
@@ -208,6 +218,35 @@ async fn start_metrics(config: &Config) -> anyhow::Result<Option<JoinHandle<()>>
         .await
         .with_context(|| format!("cannot listen for metrics on {addr}"))?;
     Ok(Some(tokio::spawn(crate::metrics::serve(listener, handle))))
+}
+
+/// The running CrowdSec puller/pusher, if `[crowdsec]` is on, and the status
+/// slot the admin socket reads.
+#[derive(Default)]
+struct CrowdsecSlot {
+    running: Option<Crowdsec>,
+    status: Arc<ArcSwapOption<crowdsec::Status>>,
+}
+
+impl CrowdsecSlot {
+    /// Starts, stops or restarts CrowdSec to match the current config; a
+    /// section unchanged by a reload keeps running untouched.
+    fn follow(&mut self, shared: &Shared) -> anyhow::Result<()> {
+        let snapshot = shared.snapshot();
+        let wanted = snapshot.config.crowdsec.as_ref();
+        if self.running.as_ref().map(|c| &c.config) == wanted {
+            return Ok(());
+        }
+        self.running = None;
+        self.status.store(None);
+        if let Some(config) = wanted {
+            let state = snapshot.config.ban.state_file.as_deref();
+            let started = crowdsec::start(config, &shared.guard, state)?;
+            self.status.store(Some(Arc::clone(&started.status)));
+            self.running = Some(started);
+        }
+        Ok(())
+    }
 }
 
 /// Accept loops by configured address.

@@ -117,6 +117,17 @@ impl Shared {
         self.snapshot.load_full()
     }
 
+    /// Whether `ip` is a trusted balancer (`proxy_protocol.accept_from`) of
+    /// the config in force. No reference count taken: called on every accept.
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        self.snapshot
+            .load()
+            .config
+            .proxy_protocol
+            .accept_from
+            .contains(ip)
+    }
+
     /// Takes a slot if fewer than `max` connections are open.
     pub fn take_slot(self: &Arc<Self>, max: usize) -> Option<Slot> {
         let before = self.open.fetch_add(1, Ordering::AcqRel);

@@ -383,7 +383,7 @@ fn unknown_keys_everywhere_are_all_reported_with_suggestions() {
             (
                 2,
                 1,
-                "unknown key \"listen_on\" at top level; expected one of: listen, workers, splice, defer_accept, limits, tls, route, unknown, ban, rate_limit, metrics, admin, log"
+                "unknown key \"listen_on\" at top level; expected one of: listen, workers, splice, defer_accept, limits, tls, route, unknown, ban, rate_limit, metrics, admin, log, proxy_protocol, crowdsec"
             ),
             (
                 6,
@@ -803,6 +803,56 @@ fn garbage_never_panics() {
     ] {
         let _ = config::parse_str(text);
     }
+}
+
+#[test]
+fn proxy_protocol_accept_from() {
+    assert!(parse(MINIMAL).proxy_protocol.accept_from.nets().is_empty());
+    assert!(parse(MINIMAL).summary().contains("trusted balancers: none"));
+    let c = parse(&with(
+        "[proxy_protocol]\naccept_from = [\"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::1/48\"]\n",
+    ));
+    let nets: Vec<String> = c
+        .proxy_protocol
+        .accept_from
+        .nets()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(nets, ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/48"]);
+    assert!(
+        c.summary()
+            .contains("trusted balancers: 10.0.0.0/8, 192.0.2.7/32, 2001:db8::/48 (PROXY v1/v2"),
+        "{}",
+        c.summary()
+    );
+    let (line, col, msg) = only_error(&with(
+        "[proxy_protocol]\naccept_from = [\"10.0.0.0/8\", \"10.0.0.300\"]\n",
+    ));
+    assert_eq!((line, col), (6, 30));
+    assert!(
+        msg.starts_with("proxy_protocol.accept_from: invalid address or CIDR \"10.0.0.300\""),
+        "{msg}"
+    );
+    let (line, col, msg) = only_error(&with(
+        "[proxy_protocol]\naccept_from = [\"10.0.0.1/8\", \"10.0.0.0/8\"]\n",
+    ));
+    assert_eq!((line, col), (6, 30));
+    assert_eq!(
+        msg,
+        "proxy_protocol.accept_from: 10.0.0.0/8 is listed twice"
+    );
+    let (line, col, msg) = only_error(&with("[proxy_protocol]\naccept_from = \"10.0.0.0/8\"\n"));
+    assert_eq!((line, col), (6, 15));
+    assert!(
+        msg.contains("expected an array of balancer addresses or CIDRs"),
+        "{msg}"
+    );
+    let (line, col, msg) = only_error(&with("[proxy_protocol]\nacept_from = []\n"));
+    assert_eq!((line, col), (6, 1));
+    assert!(msg.contains("did you mean \"accept_from\""), "{msg}");
+    let (_, _, msg) = only_error(&with("[ban]\naccept_from = []\n"));
+    assert!(msg.contains("belongs in [proxy_protocol]"), "{msg}");
 }
 
 #[test]

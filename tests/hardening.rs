@@ -20,6 +20,8 @@ mod daemon;
 mod fuzz_clienthello;
 #[path = "../fuzz/checks/config.rs"]
 mod fuzz_config;
+#[path = "../fuzz/checks/proxyheader.rs"]
+mod fuzz_proxyheader;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -783,9 +785,10 @@ fn fuzz_seeds_and_regressions_pass_the_fuzz_checks() {
     let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     /// A fuzz target's name and its checks.
     type Target = (&'static str, fn(&[u8]));
-    let targets: [Target; 2] = [
+    let targets: [Target; 3] = [
         ("clienthello", fuzz_clienthello::check_input),
         ("config", fuzz_config::check_input),
+        ("proxyheader", fuzz_proxyheader::check_input),
     ];
     for (target, check) in targets {
         let mut inputs = 0;

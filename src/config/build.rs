@@ -16,7 +16,8 @@ use super::keys;
 use super::raw::{self, RawConfig, Source, Text, TextList};
 use super::{
     AccessLog, AdminConfig, Balance, BanConfig, Config, Diagnostic, HealthCheck, HostPattern,
-    Limits, LogConfig, LogFormat, MetricsConfig, ProxyProtocol, RateLimitConfig, Route, TlsPolicy,
+    Limits, LogConfig, LogFormat, MetricsConfig, ProxyProtocol, ProxyProtocolConfig,
+    RateLimitConfig, Route, TlsPolicy,
 };
 use crate::cidr::CidrSet;
 use crate::outcome::Outcome;
@@ -76,6 +77,8 @@ pub(super) fn build(src: &Source<'_>, raw: RawConfig, diags: &mut Vec<Diagnostic
             socket: path_or_none(raw.admin.socket.as_deref(), "/run/sniroute/admin.sock"),
         },
         log: c.log(&raw.log),
+        proxy_protocol: c.proxy_protocol_section(&raw.proxy_protocol),
+        crowdsec: c.crowdsec(&raw.crowdsec),
     }
 }
 
@@ -628,6 +631,25 @@ impl Checker<'_, '_> {
             );
         }
         MetricsConfig { listen: addr }
+    }
+
+    /// `[proxy_protocol]`: every `accept_from` entry a CIDR, none twice.
+    fn proxy_protocol_section(&mut self, raw: &raw::RawProxyProtocol) -> ProxyProtocolConfig {
+        let path = "proxy_protocol.accept_from";
+        let mut accept_from = Vec::new();
+        for item in raw.accept_from.as_ref().map_or(&[][..], |l| l.get_ref()) {
+            let Some(net) = self.cidr(path, item) else {
+                continue;
+            };
+            if accept_from.contains(&net) {
+                self.err(item.span(), format!("{path}: {net} is listed twice"));
+            } else {
+                accept_from.push(net);
+            }
+        }
+        ProxyProtocolConfig {
+            accept_from: CidrSet::new(&accept_from),
+        }
     }
 
     fn log(&mut self, raw: &raw::RawLog) -> LogConfig {

@@ -12,9 +12,11 @@ use ipnet::IpNet;
 use crate::cidr::CidrSet;
 use crate::hostname::HostName;
 use crate::outcome::Outcome;
+pub use crowdsec::{CrowdsecConfig, PushConfig, Secret};
 
 mod build;
 mod check;
+mod crowdsec;
 mod keys;
 mod raw;
 mod summary;
@@ -58,6 +60,10 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[log]`.
     pub log: LogConfig,
+    /// `[proxy_protocol]`: trusted balancers.
+    pub proxy_protocol: ProxyProtocolConfig,
+    /// `[crowdsec]`; `None` when `lapi_url` is unset or "" (off).
+    pub crowdsec: Option<CrowdsecConfig>,
 }
 
 /// `[limits]`: time and size bounds on every connection.
@@ -259,6 +265,20 @@ pub struct LogConfig {
     pub access: AccessLog,
     /// `format` (default "text"; "text" or "json").
     pub format: LogFormat,
+}
+
+/// `[proxy_protocol]`: the balancers whose connections name their client
+/// in a PROXY header.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyProtocolConfig {
+    /// `accept_from` (default empty): addresses or CIDRs of trusted balancers
+    /// (bare addresses become /32 or /128, host bits are cleared). A
+    /// connection from one must start with a PROXY v1 or v2 header within
+    /// `limits.client_hello_timeout`; the client it names is the source for
+    /// admission, strikes, bans, the rate limit, the access log and the PROXY
+    /// header sent on to backends. Such an address is itself never struck,
+    /// banned nor rate-limited. Everyone else's PROXY header is `not_tls`.
+    pub accept_from: CidrSet,
 }
 
 /// One problem in a config file, at a 1-based line and column.

@@ -173,6 +173,14 @@ pub(super) struct RawLog {
     pub format: Option<Text>,
 }
 
+/// `[proxy_protocol]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProxyProtocol {
+    /// Default empty: no trusted balancers.
+    pub accept_from: Option<TextList>,
+}
+
 /// The whole file. A section that failed to deserialize is left at its default
 /// and flagged, so `build` does not add follow-up errors about it.
 #[derive(Debug, Default)]
@@ -193,10 +201,12 @@ pub(super) struct RawConfig {
     pub metrics: RawMetrics,
     pub admin: RawAdmin,
     pub log: RawLog,
+    pub proxy_protocol: RawProxyProtocol,
+    pub crowdsec: super::crowdsec::RawCrowdsec,
 }
 
 /// The top-level keys that hold a table (`route` an array of tables).
-pub(super) const SECTIONS: [&str; 9] = [
+pub(super) const SECTIONS: [&str; 11] = [
     "limits",
     "tls",
     "route",
@@ -206,6 +216,8 @@ pub(super) const SECTIONS: [&str; 9] = [
     "metrics",
     "admin",
     "log",
+    "proxy_protocol",
+    "crowdsec",
 ];
 
 /// The config text with its line starts, to turn byte spans into `line:col`.
@@ -283,6 +295,10 @@ pub(super) fn parse(src: &Source<'_>, diags: &mut Vec<Diagnostic>) -> Option<Raw
             "metrics" => raw.metrics = section.parse(value, diags).unwrap_or_default(),
             "admin" => raw.admin = section.parse(value, diags).unwrap_or_default(),
             "log" => raw.log = section.parse(value, diags).unwrap_or_default(),
+            "proxy_protocol" => {
+                raw.proxy_protocol = section.parse(value, diags).unwrap_or_default()
+            }
+            "crowdsec" => raw.crowdsec = section.parse(value, diags).unwrap_or_default(),
             _ => {
                 top.insert(key, value);
             }
@@ -466,10 +482,14 @@ fn expectation(key: &str) -> Option<&'static str> {
         }
         "alpn" => "an array of ALPN ids like [\"acme-tls/1\"] or [\"h2\", \"http/1.1\"]",
         "balance" => "a quoted policy: \"first\", \"round_robin\" or \"least_connections\"",
+        "accept_from" => "an array of balancer addresses or CIDRs like [\"10.0.0.0/8\"]",
         "strike_on" => "an array of outcomes like [\"unknown_sni\", \"no_sni\", \"not_tls\"]",
         "min_version" => "a quoted version: \"1.0\", \"1.1\", \"1.2\" or \"1.3\"",
         "enabled" | "splice" | "defer_accept" => "true or false",
-        "state_file" | "socket" | "access" => "a quoted path",
+        "state_file" | "socket" | "access" | "api_key_file" | "password_file" => "a quoted path",
+        "update_frequency" => "a quoted duration like \"10s\"",
+        "lapi_url" => "a quoted URL like \"http://127.0.0.1:8080\"",
+        "push" => "true or false",
         _ => return None,
     })
 }

@@ -58,6 +58,7 @@ impl Config {
                 r.burst
             ),
         });
+        lines.push(self.proxy_line());
         lines.push(match &self.metrics.listen {
             Some(addr) => format!("metrics: http://{addr}/metrics"),
             None => "metrics: off".to_string(),
@@ -75,7 +76,39 @@ impl Config {
             AccessLog::Off => "access log: off".to_string(),
             AccessLog::File(path) => format!("access log: {} ({format})", path.display()),
         });
+        lines.push(self.crowdsec_line());
         lines.join("\n")
+    }
+
+    /// `trusted balancers: 10.0.0.0/8 (PROXY v1/v2 header required; ...)`.
+    fn proxy_line(&self) -> String {
+        let from = self.proxy_protocol.accept_from.nets();
+        if from.is_empty() {
+            return "trusted balancers: none (a PROXY header from anyone is not_tls)".to_string();
+        }
+        let nets: Vec<String> = from.iter().map(ToString::to_string).collect();
+        format!(
+            "trusted balancers: {} (PROXY v1/v2 header required; the client it names is struck, banned and logged)",
+            nets.join(", ")
+        )
+    }
+
+    fn crowdsec_line(&self) -> String {
+        let Some(c) = &self.crowdsec else {
+            return "crowdsec: off".to_string();
+        };
+        let push = match &c.push {
+            Some(p) => format!(
+                "push bans as machine {} (scenario {})",
+                p.machine_id, p.scenario
+            ),
+            None => "no push".to_string(),
+        };
+        format!(
+            "crowdsec: pull decisions from {} every {}; {push}",
+            c.lapi_url,
+            human(c.update_frequency)
+        )
     }
 
     fn ban_line(&self) -> String {

@@ -40,6 +40,20 @@ pub struct Ban {
     pub banned_at: u64,
     /// Wall-clock unix seconds when the ban ends.
     pub expires_at: u64,
+    /// False for a client seen only through a trusted balancer: enforced at
+    /// accept, never put in the kernel set. Written only when false, so
+    /// state files from before it read as true.
+    #[serde(default = "in_kernel", skip_serializing_if = "is_in_kernel")]
+    pub kernel: bool,
+}
+
+/// The default of [`Ban::kernel`].
+fn in_kernel() -> bool {
+    true
+}
+
+fn is_in_kernel(kernel: &bool) -> bool {
+    *kernel
 }
 
 /// Why a source was banned.
@@ -80,6 +94,8 @@ pub struct BanEntry {
     pub banned_at: u64,
     /// Wall-clock unix seconds when the ban ends.
     pub expires_at: u64,
+    /// False for a client seen only through a trusted balancer (see [`Ban::kernel`]).
+    pub kernel: bool,
 }
 
 impl BanEntry {
@@ -91,6 +107,7 @@ impl BanEntry {
             strikes: self.strikes,
             banned_at: self.banned_at,
             expires_at: self.expires_at,
+            kernel: self.kernel,
         }
     }
 }
@@ -104,8 +121,21 @@ impl Ban {
             strikes: self.strikes,
             banned_at: self.banned_at,
             expires_at: self.expires_at,
+            kernel: self.kernel,
         };
         Some((canonical_net(net), entry))
+    }
+}
+
+/// What a table entry must tell: when it ends.
+pub trait Expiring: Copy {
+    /// Wall-clock unix seconds when it ends.
+    fn expires_at(&self) -> u64;
+}
+
+impl Expiring for BanEntry {
+    fn expires_at(&self) -> u64 {
+        self.expires_at
     }
 }
 
@@ -148,10 +178,11 @@ pub enum Inserted {
     Full,
 }
 
-/// All current bans.
-#[derive(Debug, Default)]
-pub struct BanTable {
-    map: DashMap<IpNet, BanEntry>,
+/// All current bans of one kind: local bans ([`BanEntry`], the default) or
+/// remote decisions ([`super::remote::RemoteEntry`]).
+#[derive(Debug)]
+pub struct BanTable<E = BanEntry> {
+    map: DashMap<IpNet, E>,
     lengths: Lengths,
     /// Serialises writers so a bitset rebuild never races an insert.
     write: Mutex<()>,
@@ -160,15 +191,50 @@ pub struct BanTable {
     next_expiry: AtomicU64,
 }
 
-impl BanTable {
-    /// An empty table.
-    pub fn new() -> BanTable {
+impl<E: Expiring> Default for BanTable<E> {
+    fn default() -> Self {
         BanTable {
+            map: DashMap::new(),
+            lengths: Lengths::default(),
+            write: Mutex::new(()),
             next_expiry: AtomicU64::new(u64::MAX),
-            ..BanTable::default()
         }
     }
+}
 
+impl BanTable<BanEntry> {
+    /// An empty table.
+    pub fn new() -> BanTable {
+        BanTable::default()
+    }
+
+    /// Adds or replaces the ban on `net` (canonical). With `capped`, nothing
+    /// is added once the table holds [`BAN_CAP`] bans.
+    pub fn insert(&self, net: IpNet, ban: BanEntry, capped: bool) -> Inserted {
+        self.put(net, ban, ban.banned_at, capped)
+    }
+
+    /// Removes the bans whose keys are in `nets`; returns the removed bans.
+    pub fn remove(&self, nets: &[IpNet]) -> Vec<Ban> {
+        let removed = self.remove_keys(nets);
+        removed.into_iter().map(|(k, e)| e.to_ban(&k)).collect()
+    }
+
+    /// Removes every ban that ended at or before `now`; returns them.
+    pub fn expire(&self, now: u64) -> Vec<Ban> {
+        let expired = self.expire_entries(now);
+        expired.into_iter().map(|(k, e)| e.to_ban(&k)).collect()
+    }
+
+    /// Every ban in force at `now`, sorted by network.
+    pub fn snapshot(&self, now: u64) -> Vec<Ban> {
+        let mut bans = self.in_force(now);
+        bans.sort_by_key(|b| b.0);
+        bans.into_iter().map(|(k, e)| e.to_ban(&k)).collect()
+    }
+}
+
+impl<E: Expiring> BanTable<E> {
     /// The ban covering `ip` (canonical) that is still in force at `now()`
     /// unix seconds, if any. `now` is only called when a ban is found.
     pub fn find(&self, ip: IpAddr, now: impl Fn() -> u64) -> Option<IpNet> {
@@ -196,7 +262,7 @@ impl BanTable {
             };
             let net = net.trunc();
             if let Some(entry) = self.map.get(&net)
-                && entry.expires_at > now()
+                && entry.expires_at() > now()
             {
                 return Some(net);
             }
@@ -204,16 +270,18 @@ impl BanTable {
         None
     }
 
-    /// Adds or replaces the ban on `net` (canonical). With `capped`, nothing
-    /// is added once the table holds [`BAN_CAP`] bans.
-    pub fn insert(&self, net: IpNet, ban: BanEntry, capped: bool) -> Inserted {
+    /// Adds or replaces the entry on `net` (canonical); an entry in force at
+    /// `now` makes it a renewal. With `capped`, nothing is added once the
+    /// table holds [`BAN_CAP`] entries.
+    pub fn put(&self, net: IpNet, entry: E, now: u64, capped: bool) -> Inserted {
         let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        let active = self.map.get(&net).map(|e| e.expires_at > ban.banned_at);
+        let active = self.map.get(&net).map(|e| e.expires_at() > now);
         if capped && active.is_none() && self.map.len() >= BAN_CAP {
             return Inserted::Full;
         }
-        self.next_expiry.fetch_min(ban.expires_at, Ordering::SeqCst);
-        self.map.insert(net, ban);
+        self.next_expiry
+            .fetch_min(entry.expires_at(), Ordering::SeqCst);
+        self.map.insert(net, entry);
         self.lengths.set(&net);
         if active == Some(true) {
             Inserted::Renewed
@@ -222,13 +290,15 @@ impl BanTable {
         }
     }
 
-    /// Removes the bans whose keys are in `nets`; returns the removed bans.
-    pub fn remove(&self, nets: &[IpNet]) -> Vec<Ban> {
+    /// The entry on exactly `net`, expired or not.
+    pub fn get(&self, net: &IpNet) -> Option<E> {
+        self.map.get(net).map(|e| *e)
+    }
+
+    /// Removes the entries whose keys are in `nets`; returns them.
+    pub fn remove_keys(&self, nets: &[IpNet]) -> Vec<(IpNet, E)> {
         let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        let removed: Vec<Ban> = nets
-            .iter()
-            .filter_map(|n| self.map.remove(n).map(|(k, e)| e.to_ban(&k)))
-            .collect();
+        let removed: Vec<(IpNet, E)> = nets.iter().filter_map(|n| self.map.remove(n)).collect();
         if !removed.is_empty() {
             self.rebuild();
         }
@@ -248,17 +318,17 @@ impl BanTable {
         found
     }
 
-    /// Removes every ban that ended at or before `now`; returns them.
-    pub fn expire(&self, now: u64) -> Vec<Ban> {
+    /// Removes every entry that ended at or before `now`; returns them.
+    pub fn expire_entries(&self, now: u64) -> Vec<(IpNet, E)> {
         if self.next_expiry.load(Ordering::SeqCst) > now {
             return Vec::new();
         }
         let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let mut expired = Vec::new();
         self.map.retain(|k, e| {
-            let keep = e.expires_at > now;
+            let keep = e.expires_at() > now;
             if !keep {
-                expired.push(e.to_ban(k));
+                expired.push((*k, *e));
             }
             keep
         });
@@ -280,7 +350,7 @@ impl BanTable {
                     }
                 }
             }
-            next = next.min(entry.expires_at);
+            next = next.min(entry.expires_at());
         }
         self.lengths.store(v4, v6);
         self.next_expiry.store(next, Ordering::SeqCst);
@@ -288,23 +358,16 @@ impl BanTable {
 
     /// Bans in force at `now`.
     pub fn active_count(&self, now: u64) -> usize {
-        self.map.iter().filter(|e| e.expires_at > now).count()
+        self.map.iter().filter(|e| e.expires_at() > now).count()
     }
 
     /// Every ban in force at `now`, as keys and entries, unsorted.
-    pub fn in_force(&self, now: u64) -> Vec<(IpNet, BanEntry)> {
+    pub fn in_force(&self, now: u64) -> Vec<(IpNet, E)> {
         self.map
             .iter()
-            .filter(|e| e.expires_at > now)
+            .filter(|e| e.expires_at() > now)
             .map(|e| (*e.key(), *e.value()))
             .collect()
-    }
-
-    /// Every ban in force at `now`, sorted by network.
-    pub fn snapshot(&self, now: u64) -> Vec<Ban> {
-        let mut bans = self.in_force(now);
-        bans.sort_by_key(|b| b.0);
-        bans.into_iter().map(|(k, e)| e.to_ban(&k)).collect()
     }
 
     /// Number of entries, including expired ones not yet swept.
@@ -329,6 +392,7 @@ mod tests {
             strikes: 0,
             banned_at: 0,
             expires_at,
+            kernel: true,
         };
         assert_eq!(t.insert(key.trunc(), entry, true), Inserted::New);
     }

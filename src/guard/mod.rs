@@ -18,6 +18,7 @@ pub mod clock;
 pub mod events;
 mod housekeeping;
 pub mod ratelimit;
+pub mod remote;
 pub mod source;
 pub mod state;
 pub mod strikes;
@@ -39,6 +40,7 @@ use clock::{Clock, SystemClock};
 use events::{BanEvent, InForce, Origin};
 pub use housekeeping::Housekeeping;
 use ratelimit::SourceLimiter;
+use remote::RemoteTable;
 use source::{IgnoreList, canonical_net, source_of};
 use state::StateFile;
 use strikes::StrikeTable;
@@ -106,6 +108,10 @@ pub struct Guard {
     ticks: AtomicU64,
     /// Ban changes for the listeners at the edge (see [`events`]).
     events: broadcast::Sender<BanEvent>,
+    /// Remote (CrowdSec) decisions, swapped whole on a full resync (see [`remote`]).
+    remote: ArcSwap<RemoteTable>,
+    /// One writer of the remote table at a time.
+    remote_write: Mutex<()>,
 }
 
 /// Housekeeping passes between two attempts to give map capacity left by a
@@ -172,6 +178,8 @@ impl Guard {
             cap_warned: AtomicBool::new(false),
             ticks: AtomicU64::new(0),
             events: broadcast::Sender::new(events::CAPACITY),
+            remote: ArcSwap::from_pointee(RemoteTable::default()),
+            remote_write: Mutex::new(()),
         };
         guard.restore();
         Ok(guard)
@@ -206,7 +214,13 @@ impl Guard {
         if policy.ignore.contains(ip) {
             return Ok(());
         }
-        if self.bans.find(ip, || self.clock.unix_secs()).is_some() {
+        if self.bans.find(ip, || self.clock.unix_secs()).is_some()
+            || self
+                .remote
+                .load()
+                .find(ip, || self.clock.unix_secs())
+                .is_some()
+        {
             return Err(Outcome::Banned);
         }
         if let Some(limiter) = &*self.limiter.load()
@@ -223,9 +237,29 @@ impl Guard {
     /// is in `ban.strike_on`, banning it after `max_retry` strikes within
     /// `find_time`.
     pub fn strike(&self, ip: IpAddr, outcome: Outcome) {
+        self.count(outcome);
+        self.strike_source(ip, outcome, true);
+    }
+
+    /// [`Guard::strike`] for a client seen through a trusted balancer (the
+    /// address its PROXY header named): a ban it earns is enforced at
+    /// accept only, never in the kernel set, which sees only the balancer.
+    pub fn strike_proxied(&self, ip: IpAddr, outcome: Outcome) {
+        self.count(outcome);
+        self.strike_source(ip, outcome, false);
+    }
+
+    /// Counts a connection that ended with `outcome` for `sniroute status`,
+    /// without striking anyone: a trusted balancer's own connection.
+    pub fn count(&self, outcome: Outcome) {
         if let Some(count) = self.outcomes.get(outcome.index()) {
             count.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Strikes `ip`'s source if `outcome` is in `ban.strike_on`; `kernel`
+    /// says whether a ban it earns may go into the kernel set.
+    fn strike_source(&self, ip: IpAddr, outcome: Outcome, kernel: bool) {
         let policy = self.policy.load();
         let strikes_on_it = policy.strike_on.get(outcome.index()).copied();
         if !policy.enabled || strikes_on_it != Some(true) {
@@ -254,17 +288,26 @@ impl Guard {
             tracing::debug!(%source, reason = outcome.as_str(), strikes, "strike");
             return;
         }
-        self.ban_struck(source, outcome, strikes, policy.ban_time);
+        self.ban_struck(source, outcome, strikes, policy.ban_time, kernel);
     }
 
-    /// Bans `source` after its `strikes`-th strike, the last for `outcome`.
-    fn ban_struck(&self, source: IpNet, outcome: Outcome, strikes: u32, ban_time: Duration) {
+    /// Bans `source` after its `strikes`-th strike, the last for `outcome`;
+    /// `kernel` as in [`BanEntry::kernel`].
+    fn ban_struck(
+        &self,
+        source: IpNet,
+        outcome: Outcome,
+        strikes: u32,
+        ban_time: Duration,
+        kernel: bool,
+    ) {
         let (banned_at, expires_at) = ban_span(&*self.clock, ban_time);
         let entry = BanEntry {
             reason: BanReason::Strike(outcome),
             strikes,
             banned_at,
             expires_at,
+            kernel,
         };
         match self.bans.insert(source, entry, true) {
             Inserted::New => {}
@@ -278,7 +321,7 @@ impl Guard {
         self.added(source, &entry);
         self.total_banned.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("sniroute_bans_total", "source" => "strike").increment(1);
-        tracing::info!(%source, reason = outcome.as_str(), strikes, until = %clock::rfc3339(entry.expires_at), "banned");
+        tracing::info!(%source, reason = outcome.as_str(), strikes, until = %clock::rfc3339(entry.expires_at), kernel, "banned");
         self.changed();
     }
 
@@ -322,6 +365,7 @@ impl Guard {
             strikes: 0,
             banned_at,
             expires_at,
+            kernel: true,
         };
         let inserted = self.bans.insert(net, entry, false);
         lock(&self.strikes).forget(&net);
@@ -337,6 +381,9 @@ impl Guard {
 
     /// Lifts bans by hand: for `ADDR/LEN` the ban on exactly that network, for
     /// a bare address every ban covering it. `Err` when nothing was banned.
+    /// A remote decision on the same net as a lifted ban (the echo of a
+    /// pushed ban) is lifted with it; one standing alone is the LAPI's to
+    /// lift (`Err` says how).
     pub fn unban_manual(&self, target: &str) -> Result<Vec<Ban>, String> {
         let keys = if target.contains('/') {
             let net: IpNet = target
@@ -351,8 +398,13 @@ impl Guard {
         };
         let removed = self.bans.remove(&keys);
         if removed.is_empty() {
-            return Err(format!("{target} is not banned"));
+            return Err(self.not_banned_here(target));
         }
+        let lifted: Vec<IpNet> = removed
+            .iter()
+            .filter_map(|b| b.parse())
+            .map(|(n, _)| n)
+            .collect();
         for ban in &removed {
             metrics::counter!("sniroute_unbans_total", "reason" => "manual").increment(1);
             tracing::info!(source = %ban.net, "unbanned by hand");
@@ -363,8 +415,28 @@ impl Guard {
                 });
             }
         }
+        self.lift_remote_echo(&lifted);
         self.changed();
         Ok(removed)
+    }
+
+    /// Why `bans remove TARGET` found no local ban.
+    fn not_banned_here(&self, target: &str) -> String {
+        let ip = target
+            .split('/')
+            .next()
+            .and_then(|a| a.parse::<IpAddr>().ok());
+        match ip.and_then(|ip| {
+            self.remote
+                .load()
+                .find(ip.to_canonical(), || self.clock.unix_secs())
+        }) {
+            Some(net) => format!(
+                "{target} is banned by a CrowdSec decision on {net}, not by this gateway: \
+                 lift it at the LAPI (cscli decisions delete --ip/--range ...)"
+            ),
+            None => format!("{target} is not banned"),
+        }
     }
 
     /// Bans in force now, sorted by network.
@@ -378,18 +450,23 @@ impl Guard {
         self.events.subscribe()
     }
 
-    /// Every ban in force now, whatever its origin, unsorted.
+    /// Every ban in force now, whatever its origin (remote decisions
+    /// included; a net may appear once per origin), unsorted.
     pub fn bans_in_force(&self) -> Vec<InForce> {
-        self.bans
-            .in_force(self.clock.unix_secs())
+        let now = self.clock.unix_secs();
+        let mut all: Vec<InForce> = self
+            .bans
+            .in_force(now)
             .into_iter()
             .map(|(net, entry)| InForce {
                 net,
                 expires_at: entry.expires_at,
                 origin: origin_of(entry.reason),
-                kernel: true,
+                kernel: entry.kernel,
             })
-            .collect()
+            .collect();
+        all.extend(self.remote_in_force(now));
+        all
     }
 
     /// Bans in force now (fail2ban's "Currently banned").
@@ -427,7 +504,8 @@ impl Guard {
     /// lifts expired bans, forgets strikes older than `find_time`, lets the
     /// rate limiter forget idle sources, and updates the size gauges.
     pub fn housekeeping(&self) {
-        let expired = self.bans.expire(self.clock.unix_secs());
+        let now = self.clock.unix_secs();
+        let expired = self.bans.expire(now);
         for ban in &expired {
             metrics::counter!("sniroute_unbans_total", "reason" => "expired").increment(1);
             tracing::info!(source = %ban.net, reason = %ban.reason, "ban expired");
@@ -436,8 +514,10 @@ impl Guard {
                     net,
                     origin: origin_of(entry.reason),
                 });
+                self.retell(net);
             }
         }
+        self.expire_remote(now);
         if !expired.is_empty() {
             self.changed();
         }
@@ -531,7 +611,7 @@ impl Guard {
             net,
             expires_at: entry.expires_at,
             origin: origin_of(entry.reason),
-            kernel: true,
+            kernel: entry.kernel,
         });
     }
 

@@ -53,6 +53,11 @@ impl IgnoreList {
         self.nets.iter().any(|n| n.contains(&ip))
     }
 
+    /// True when `net` and an ignored network share an address.
+    pub fn overlaps(&self, net: &IpNet) -> bool {
+        self.nets.iter().any(|n| n.contains(net) || net.contains(n))
+    }
+
     /// The ignored network that wholly contains `net`, if any.
     pub fn covering(&self, net: &IpNet) -> Option<IpNet> {
         self.nets.iter().copied().find(|n| n.contains(net))
@@ -106,5 +111,8 @@ mod tests {
             Some(net("2001:db8::/48"))
         );
         assert_eq!(ignore.covering(&net("127.0.0.0/8")), None);
+        assert!(ignore.overlaps(&net("127.0.0.0/8")));
+        assert!(ignore.overlaps(&net("2001:db8:0:5::/64")));
+        assert!(!ignore.overlaps(&net("10.0.0.0/8")));
     }
 }

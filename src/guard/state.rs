@@ -162,6 +162,7 @@ mod tests {
             strikes: 1,
             banned_at: 1_700_000_000,
             expires_at: 1_800_000_000,
+            kernel: true,
         }
     }
 

@@ -424,3 +424,74 @@ fn every_ban_change_is_told_to_subscribers_and_bans_in_force_lists_them() {
     assert!(events.try_recv().is_err());
     assert_eq!(g.bans_in_force().len(), 1);
 }
+
+#[test]
+fn a_client_seen_through_a_balancer_is_banned_outside_the_kernel_and_stays_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bans.json");
+    let (g, clock) = guard(&with_state(&path), &NO_LIMIT);
+    let mut events = g.subscribe();
+    let net = |s: &str| s.parse::<IpNet>().unwrap();
+
+    // A trusted balancer's own connections are counted, never struck.
+    g.count(Outcome::NotTls);
+    assert_eq!(g.strike_sources(), 0);
+    assert!(events.try_recv().is_err());
+    assert_eq!(g.outcome_counts()[Outcome::NotTls.index()].1, 1);
+
+    g.strike_proxied(ip("203.0.113.7"), Outcome::UnknownSni);
+    g.strike(ip("198.51.100.4"), Outcome::UnknownSni);
+    assert_eq!(g.outcome_counts()[Outcome::UnknownSni.index()].1, 2);
+    let added = |n: &str, kernel| BanEvent::Added {
+        net: net(n),
+        expires_at: START + 86_400,
+        origin: Origin::Strike,
+        kernel,
+    };
+    assert_eq!(events.try_recv().unwrap(), added("203.0.113.7/32", false));
+    assert_eq!(events.try_recv().unwrap(), added("198.51.100.4/32", true));
+    assert_eq!(g.admit(ip("203.0.113.7")), Err(Outcome::Banned));
+    let kernel_of = |g: &Guard| {
+        let mut in_force: Vec<_> = g
+            .bans_in_force()
+            .iter()
+            .map(|b| (b.net.to_string(), b.kernel))
+            .collect();
+        in_force.sort();
+        in_force
+    };
+    let want = vec![
+        ("198.51.100.4/32".to_string(), true),
+        ("203.0.113.7/32".to_string(), false),
+    ];
+    assert_eq!(kernel_of(&g), want);
+    let listed: Vec<bool> = g.bans().iter().map(|b| b.kernel).collect();
+    assert_eq!(listed, [true, false]);
+
+    // The flag survives a restart; only the exception is written.
+    g.persist().unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text.matches("\"kernel\":false").count(), 1, "{text}");
+    assert!(!text.contains("\"kernel\":true"), "{text}");
+    let g2 = Guard::with_clock(&with_state(&path), &NO_LIMIT, Arc::new(clock.clone())).unwrap();
+    assert_eq!(kernel_of(&g2), want);
+
+    // A manual ban of the same address is the admin's word: in the kernel.
+    g2.ban_manual("203.0.113.7", None).unwrap();
+    assert!(g2.bans_in_force().iter().all(|b| b.kernel));
+}
+
+#[test]
+fn a_state_file_from_before_the_kernel_flag_reads_as_kernel_bans() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bans.json");
+    let old = format!(
+        "{{\"version\":1,\"bans\":[\n{{\"net\":\"203.0.113.7/32\",\"reason\":\"unknown_sni\",\"strikes\":1,\"banned_at\":{START},\"expires_at\":{}}}\n]}}\n",
+        START + 60
+    );
+    std::fs::write(&path, old).unwrap();
+    let (g, _clock) = guard(&with_state(&path), &NO_LIMIT);
+    let in_force = g.bans_in_force();
+    assert_eq!(in_force.len(), 1);
+    assert!(in_force[0].kernel);
+}

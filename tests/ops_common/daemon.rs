@@ -35,6 +35,10 @@ pub struct Conf {
     pub routes: Vec<(String, SocketAddr)>,
     /// `log.access` file (text format); `None` = `"off"`.
     pub access_log: Option<PathBuf>,
+    /// Replaces the fixed sections after `[limits]` (`[ban]`, `[metrics]`,
+    /// `[admin]`, `[log]`) when set; the text must then say `[metrics]
+    /// listen` itself (see [`Conf::metrics`]).
+    pub tail: Option<String>,
 }
 
 impl Conf {
@@ -45,6 +49,7 @@ impl Conf {
             metrics: free_addr(),
             routes: Vec::new(),
             access_log: None,
+            tail: None,
         }
     }
 
@@ -69,10 +74,14 @@ impl Conf {
             Some(path) => path.display().to_string(),
             None => "off".to_owned(),
         };
+        text.push_str("\n[limits]\nclient_hello_timeout = \"2s\"\nshutdown_grace = \"5s\"\n");
+        if let Some(tail) = &self.tail {
+            text.push_str(tail);
+            return text;
+        }
         write!(
             text,
-            "\n[limits]\nclient_hello_timeout = \"2s\"\nshutdown_grace = \"5s\"\n\
-             \n[ban]\nmax_retry = 1\nignore = [\"127.0.0.1\"]\nstate_file = \"\"\n\
+            "\n[ban]\nmax_retry = 1\nignore = [\"127.0.0.1\"]\nstate_file = \"\"\n\
              \n[metrics]\nlisten = \"{}\"\n\
              \n[admin]\nsocket = \"\"\n\
              \n[log]\naccess = \"{access}\"\nformat = \"text\"\n",

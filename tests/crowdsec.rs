@@ -1,0 +1,441 @@
+//! Bans shared through a real CrowdSec Local API: Debian's `crowdsec` as
+//! LAPI only (SQLite in a temp dir, its own loopback port), machines and
+//! bouncers added with `cscli`, and real `sniroute` daemons pulling and
+//! pushing over real sockets. A test skips with a message when crowdsec is
+//! not installed (and fails under `CI=true`: `.ci/run` installs it).
+
+// clippy's allow-unwrap-in-tests covers #[test] functions only, not the
+// helpers of an integration test crate; a failed unwrap here is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod crowdsec_common;
+#[allow(dead_code)] // the helpers other test files use too
+mod ops_common;
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crowdsec_common::{Lapi, available, tail};
+use ops_common::daemon::{BIN, Conf, Daemon};
+use ops_common::traffic::{expect_rejected, hello, loopback, routed_tag, tagged_echo_backend};
+use ops_common::{WAIT, wait_until};
+
+/// The routed name (the fixture hello's, 15 bytes).
+const ROUTED: &str = "fixture.example";
+/// A name no route has: one connection with it earns a ban.
+const UNKNOWN: &str = "unknown.example";
+/// The scenario of pushed decisions (the default).
+const SCENARIO: &str = "sniroute/unknown-sni";
+/// `update_frequency` of the test gateways.
+const UPDATE: Duration = Duration::from_secs(1);
+/// What the issue allows between a ban at one gateway and its enforcement
+/// at another: one pull period and two seconds.
+const PROPAGATION: Duration = Duration::from_secs(3);
+
+/// One sniroute daemon with its own dir (keys, state file, admin socket).
+struct Gateway {
+    daemon: Daemon,
+    dir: tempfile::TempDir,
+    conf: Conf,
+}
+
+impl Gateway {
+    /// A gateway named `name` (its bouncer key and, with `push`, machine)
+    /// routing ROUTED to `backend`, also on `[::1]` when `v6`.
+    fn start(lapi: &Lapi, name: &str, push: bool, backend: SocketAddr, v6: bool) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let key = lapi.bouncer(name, dir.path());
+        let mut crowdsec = format!(
+            "lapi_url = \"{}\"\napi_key_file = \"{}\"\nupdate_frequency = \"1s\"\n",
+            lapi.url(),
+            key.display()
+        );
+        if push {
+            let pass = lapi.machine(name, dir.path());
+            crowdsec.push_str(&format!(
+                "push = true\nmachine_id = \"{name}\"\npassword_file = \"{}\"\n",
+                pass.display()
+            ));
+        }
+        let mut conf = Conf::new().route(ROUTED, backend);
+        if v6 {
+            conf.listen.push(free_v6());
+        }
+        conf.tail = Some(tail(dir.path(), conf.metrics, &crowdsec));
+        let daemon = Daemon::start(&conf);
+        Gateway { daemon, dir, conf }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.conf.listen[0]
+    }
+
+    fn routes(&self, from: IpAddr) -> bool {
+        let to = match from {
+            IpAddr::V4(_) => self.conf.listen[0],
+            IpAddr::V6(_) => self.conf.listen[1],
+        };
+        routed_tag(from, to, ROUTED).is_some()
+    }
+
+    /// Waits until connections from `from` are refused (banned).
+    fn wait_refuses(&self, from: IpAddr) -> Duration {
+        let start = Instant::now();
+        wait_until(&format!("{from} refused"), WAIT, || {
+            (!self.routes(from)).then_some(())
+        });
+        start.elapsed()
+    }
+
+    fn wait_routes(&self, from: IpAddr) {
+        wait_until(&format!("{from} routed again"), WAIT, || {
+            self.routes(from).then_some(())
+        });
+    }
+
+    /// Earns a ban for `from` with one unknown SNI.
+    fn strike(&self, from: IpAddr) {
+        let to = match from {
+            IpAddr::V4(_) => self.conf.listen[0],
+            IpAddr::V6(_) => self.conf.listen[1],
+        };
+        expect_rejected(from, to, &hello(UNKNOWN));
+    }
+
+    /// `sniroute ARGS... -c CONFIG`: (success, stdout + stderr).
+    fn cli(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("-c")
+            .arg(&self.daemon.config_path)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    fn metric(&self, series: &str) -> f64 {
+        self.daemon.metric(series).unwrap_or(0.0)
+    }
+
+    fn restart(self) -> Gateway {
+        let Gateway { daemon, dir, conf } = self;
+        assert!(daemon.stop().success());
+        let daemon = Daemon::start(&conf);
+        Gateway { daemon, dir, conf }
+    }
+}
+
+fn free_v6() -> SocketAddr {
+    let l = TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).unwrap();
+    l.local_addr().unwrap()
+}
+
+/// How many active decisions the LAPI holds on `value` with `scenario`.
+fn count(lapi: &Lapi, value: &str, scenario: &str) -> usize {
+    lapi.decisions()
+        .iter()
+        .filter(|(_, v, s)| v == value && s == scenario)
+        .count()
+}
+
+fn wait_decision(lapi: &Lapi, scope: &str, value: &str) {
+    wait_until(
+        &format!("a {scope}:{value} decision at the LAPI"),
+        WAIT,
+        || {
+            lapi.decisions()
+                .iter()
+                .any(|(sc, v, s)| sc == scope && v == value && s == SCENARIO)
+                .then_some(())
+        },
+    );
+}
+
+#[test]
+fn an_unknown_sni_at_one_gateway_bans_the_source_at_the_other() {
+    if !available("an_unknown_sni_at_one_gateway_bans_the_source_at_the_other") {
+        return;
+    }
+    let lapi = Lapi::start();
+    let backend = tagged_echo_backend(1);
+    let gw1 = Gateway::start(&lapi, "gw1", true, backend, false);
+    let gw2 = Gateway::start(&lapi, "gw2", true, backend, false);
+    let scanner = loopback(21);
+    assert!(gw1.routes(scanner) && gw2.routes(scanner));
+
+    gw1.strike(scanner);
+    let took = gw2.wait_refuses(scanner);
+    assert!(
+        took <= PROPAGATION,
+        "the ban reached gw2 after {took:?} (update_frequency {UPDATE:?} + 2s allowed)"
+    );
+    assert_eq!(
+        count(&lapi, "127.0.0.21", SCENARIO),
+        1,
+        "{:?}",
+        lapi.decisions()
+    );
+    assert!(gw2.metric("sniroute_bans_total{source=\"crowdsec\"}") >= 1.0);
+    assert!(gw2.metric("sniroute_crowdsec_decisions") >= 1.0);
+    assert!(gw2.metric("sniroute_crowdsec_pulls_total{result=\"ok\"}") >= 1.0);
+    assert!(gw1.metric("sniroute_crowdsec_pushes_total{result=\"ok\"}") >= 1.0);
+    // Remote bans never reach the state file; gw2 did not push the echo.
+    let state = std::fs::read_to_string(gw2.dir.path().join("bans.json")).unwrap_or_default();
+    assert!(!state.contains("127.0.0.21"), "{state}");
+    let (_, status) = gw2.cli(&["status"]);
+    assert!(status.contains("CrowdSec LAPI: http://"), "{status}");
+    assert!(status.contains("Remote decisions: 1"), "{status}");
+
+    // A range from another source covers the scanner too.
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--range",
+        "127.0.0.16/28",
+        "--duration",
+        "1h",
+    ]);
+    // `bans remove` at gw1 deletes its pushed decision, only that one.
+    let (ok, said) = gw1.cli(&["bans", "remove", "127.0.0.21"]);
+    assert!(ok, "{said}");
+    wait_until("the pushed decision deleted", WAIT, || {
+        (count(&lapi, "127.0.0.21", SCENARIO) == 0).then_some(())
+    });
+    assert!(
+        lapi.decisions()
+            .iter()
+            .any(|(_, v, _)| v == "127.0.0.16/28"),
+        "the covering range stays: {:?}",
+        lapi.decisions()
+    );
+    // The range holds at both gateways until it is deleted.
+    gw1.wait_refuses(scanner);
+    gw2.wait_refuses(scanner);
+    lapi.cscli(&["decisions", "delete", "--range", "127.0.0.16/28"]);
+    gw1.wait_routes(scanner);
+    gw2.wait_routes(scanner);
+}
+
+#[test]
+fn cscli_decisions_hold_at_every_gateway_and_ban_ignore_wins() {
+    if !available("cscli_decisions_hold_at_every_gateway_and_ban_ignore_wins") {
+        return;
+    }
+    let lapi = Lapi::start();
+    let backend = tagged_echo_backend(2);
+    let gw1 = Gateway::start(&lapi, "gw1", false, backend, false);
+    let gw2 = Gateway::start(&lapi, "gw2", false, backend, false);
+    let (ip, in_range, captcha, me) = (loopback(31), loopback(42), loopback(50), loopback(1));
+    for from in [ip, in_range, captcha, me] {
+        assert!(gw1.routes(from) && gw2.routes(from));
+    }
+    // Captcha is for HTTP bouncers: not a ban here (added first, so it is
+    // pulled by the time the bans are).
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--ip",
+        "127.0.0.50",
+        "--type",
+        "captcha",
+    ]);
+    lapi.cscli(&["decisions", "add", "--ip", "127.0.0.31", "--duration", "1h"]);
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--range",
+        "127.0.0.40/29",
+        "--duration",
+        "1h",
+    ]);
+    for gw in [&gw1, &gw2] {
+        gw.wait_refuses(ip);
+        gw.wait_refuses(in_range);
+        assert!(gw.routes(captcha));
+    }
+    // 127.0.0.1 is in ban.ignore: never banned, whatever the LAPI says.
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--range",
+        "127.0.0.0/24",
+        "--reason",
+        "too wide",
+    ]);
+    for gw in [&gw1, &gw2] {
+        gw.wait_refuses(captcha);
+        assert!(gw.routes(me), "ban.ignore beats a remote decision");
+    }
+    lapi.cscli(&["decisions", "delete", "--range", "127.0.0.0/24"]);
+    gw1.wait_routes(captcha);
+    gw2.wait_routes(captcha);
+    // A remote ban is the LAPI's to lift: `bans remove` says how.
+    let (ok, said) = gw1.cli(&["bans", "remove", "127.0.0.31"]);
+    assert!(!ok && said.contains("CrowdSec"), "{said}");
+    assert!(!gw1.routes(ip));
+
+    lapi.cscli(&["decisions", "delete", "--ip", "127.0.0.31"]);
+    lapi.cscli(&["decisions", "delete", "--range", "127.0.0.40/29"]);
+    for gw in [&gw1, &gw2] {
+        gw.wait_routes(ip);
+        gw.wait_routes(in_range);
+    }
+}
+
+#[test]
+fn an_ipv6_prefix_ban_travels_as_a_range() {
+    if !available("an_ipv6_prefix_ban_travels_as_a_range") {
+        return;
+    }
+    if TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).is_err() {
+        eprintln!("SKIPPED an_ipv6_prefix_ban_travels_as_a_range: no IPv6 loopback");
+        return;
+    }
+    let lapi = Lapi::start();
+    let backend = tagged_echo_backend(3);
+    let gw1 = Gateway::start(&lapi, "gw1", true, backend, true);
+    let gw2 = Gateway::start(&lapi, "gw2", false, backend, true);
+    let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    assert!(gw2.routes(v6));
+    // ::1 is banned per /64 (ban.ipv6_prefix), so ::/64 goes out as a Range.
+    gw1.strike(v6);
+    wait_decision(&lapi, "Range", "::/64");
+    gw2.wait_refuses(v6);
+    // A manual prefix ban goes out as a Range as well.
+    let (ok, said) = gw1.cli(&["bans", "add", "2001:db8:7::/48"]);
+    assert!(ok, "{said}");
+    wait_decision(&lapi, "Range", "2001:db8:7::/48");
+}
+
+#[test]
+fn the_lapi_down_at_start_does_not_stop_routing_and_is_caught_up_with() {
+    if !available("the_lapi_down_at_start_does_not_stop_routing_and_is_caught_up_with") {
+        return;
+    }
+    let mut lapi = Lapi::configure();
+    let backend = tagged_echo_backend(4);
+    let gw = Gateway::start(&lapi, "gw1", true, backend, false);
+    let (early, later) = (loopback(61), loopback(62));
+    // Routing goes on while the LAPI is unreachable.
+    assert!(gw.routes(later));
+    gw.daemon
+        .wait_metric_at_least("sniroute_crowdsec_pulls_total{result=\"error\"}", 1.0);
+    // A ban made meanwhile is pushed once the LAPI is there.
+    gw.strike(early);
+    assert!(gw.routes(later));
+    lapi.run();
+    lapi.cscli(&["decisions", "add", "--ip", "127.0.0.62", "--duration", "1h"]);
+    gw.wait_refuses(later);
+    wait_decision(&lapi, "Ip", "127.0.0.61");
+}
+
+#[test]
+fn pushes_resume_after_a_lapi_restart_and_survive_a_gateway_restart() {
+    if !available("pushes_resume_after_a_lapi_restart_and_survive_a_gateway_restart") {
+        return;
+    }
+    let mut lapi = Lapi::start();
+    let backend = tagged_echo_backend(5);
+    let gw = Gateway::start(&lapi, "gw1", true, backend, false);
+    let (a, b, c) = (loopback(71), loopback(72), loopback(73));
+    gw.strike(a);
+    wait_decision(&lapi, "Ip", "127.0.0.71");
+
+    // A restarted LAPI has a new JWT secret: the old token is refused,
+    // sniroute logs in again and pushes go on.
+    lapi.kill();
+    lapi.run();
+    gw.strike(b);
+    wait_decision(&lapi, "Ip", "127.0.0.72");
+
+    // A ban the LAPI could not take is not lost when the gateway restarts;
+    // what was pushed already is not pushed twice.
+    lapi.kill();
+    gw.strike(c);
+    let gw = gw.restart();
+    lapi.run();
+    wait_decision(&lapi, "Ip", "127.0.0.73");
+    assert!(!gw.routes(c));
+    // Give a second push time to happen if it were going to.
+    gw.daemon
+        .wait_metric_at_least("sniroute_crowdsec_pulls_total{result=\"ok\"}", 2.0);
+    assert_eq!(
+        count(&lapi, "127.0.0.71", SCENARIO),
+        1,
+        "{:?}",
+        lapi.decisions()
+    );
+    assert_eq!(
+        count(&lapi, "127.0.0.72", SCENARIO),
+        1,
+        "{:?}",
+        lapi.decisions()
+    );
+    let memory = std::fs::read_to_string(gw.dir.path().join("bans.crowdsec.json")).unwrap();
+    assert!(memory.contains("127.0.0.73/32"), "{memory}");
+    let _ = gw.addr();
+}
+
+/// Not a check but a measurement (run with `--ignored --nocapture`):
+/// 100,000 decisions imported into the LAPI, pulled by one gateway; its
+/// memory before and after, and the time of a banned accept.
+#[test]
+#[ignore = "measurement: run by hand for BENCHMARKS.md"]
+fn measure_100k_decisions() {
+    if !available("measure_100k_decisions") {
+        return;
+    }
+    let lapi = Lapi::start();
+    let backend = tagged_echo_backend(6);
+    let gw = Gateway::start(&lapi, "gw1", false, backend, false);
+    gw.daemon
+        .wait_metric_at_least("sniroute_crowdsec_pulls_total{result=\"ok\"}", 1.0);
+    let before = rss_kib(gw.daemon.pid());
+    let csv = lapi.dir.path().join("decisions.csv");
+    let mut text = String::from("duration,scope,value,type\n");
+    for i in 0..100_000u32 {
+        let [_, b, c, d] = (0x0a00_0000 | i).to_be_bytes();
+        text.push_str(&format!("24h,ip,10.{b}.{c}.{d},ban\n"));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let started = Instant::now();
+    lapi.cscli(&["decisions", "import", "-i", &csv.display().to_string()]);
+    eprintln!("import: {:?}", started.elapsed());
+    let started = Instant::now();
+    wait_until("100,000 decisions pulled", Duration::from_secs(300), || {
+        (gw.metric("sniroute_crowdsec_decisions") >= 100_000.0).then_some(())
+    });
+    eprintln!("pulled within {:?}", started.elapsed());
+    let after = rss_kib(gw.daemon.pid());
+    eprintln!(
+        "RSS {before} KiB -> {after} KiB: {} bytes per decision",
+        (after - before) * 1024 / 100_000
+    );
+    let banned = loopback(2);
+    lapi.cscli(&["decisions", "add", "--ip", "127.0.0.2", "--duration", "1h"]);
+    gw.wait_refuses(banned);
+    let n = 2000;
+    let started = Instant::now();
+    for _ in 0..n {
+        expect_rejected(banned, gw.addr(), b"x");
+    }
+    eprintln!("banned connect+close: {:?} each", started.elapsed() / n);
+}
+
+fn rss_kib(pid: u32) -> i64 {
+    let status =
+        std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
