@@ -393,7 +393,10 @@ mod tests {
         assert!(p.backends[0].is_up(|| 1_000 + millis(PASSIVE_SKIP)));
         let addrs: Vec<SocketAddr> = ["127.0.0.1:1".parse().unwrap()].into();
         let after = Pool::of("t", &addrs, Balance::First, None, Some(&p));
-        assert!(!after.backends[0].is_up(|| 1_000), "the skip was carried over");
+        assert!(
+            !after.backends[0].is_up(|| 1_000),
+            "the skip was carried over"
+        );
         after.backends[0].answered();
         assert!(after.backends[0].is_up(|| 1_000));
     }
