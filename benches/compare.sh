@@ -41,14 +41,18 @@ BACKEND=127.0.0.1:19000
 declare -A PORT=([direct]=19000 [sniroute]=19001 [sniroute-copy]=19002
                  [haproxy]=19003 [nginx]=19004 [sniproxy]=19005
                  [sniroute-candidate]=19006 [sniroute-deferred]=19007
-                 [haproxy-deferred]=19008 [floor]=19010)
+                 [haproxy-deferred]=19008 [floor]=19010 [sniroute-kernel]=19011)
 # The `-deferred` rows run with deferred accept (TCP_DEFER_ACCEPT: sniroute's
 # `defer_accept`, HAProxy's `defer-accept`; nginx's stream module and
 # sniproxy have none) and only the connection phases, which it changes (not
 # `banned`: a silent banned client waits for the deferral like any other).
 # `floor` is the cheapest possible reject (`loadgen floor`).
+# `sniroute-kernel` runs with kernel bans (`[firewall] backend = "nftables"`)
+# in a network namespace of its own (root only; the host's ruleset is never
+# touched): 1,000 banned sources flood the port while clients route (the
+# `kernel` phase), then the time and memory to load 100,000 saved bans.
 TARGETS=(direct sniroute sniroute-copy haproxy nginx sniproxy
-         sniroute-deferred haproxy-deferred floor)
+         sniroute-deferred haproxy-deferred floor sniroute-kernel)
 [[ -n "${CANDIDATE:-}" ]] && TARGETS=(direct sniroute sniroute-candidate "${TARGETS[@]:2}")
 [[ -n "${ONLY:-}" ]] && read -r -a TARGETS <<<"$ONLY"
 
@@ -271,6 +275,57 @@ start() {
     fi
 }
 
+# The kernel-bans row, whole, inside `unshare -n`: its own backend, sniroute
+# with `backend = "nftables"` (and defer_accept on, as shipped), the rate
+# and kernel phases. $1 = result file.
+kernel_row() {
+    local port=${PORT[sniroute-kernel]} result=$1 conf="$OUT/sniroute-kernel.toml"
+    { sniroute_config "$port" true true; printf '[firewall]\nbackend = "nftables"\n'; } >"$conf"
+    fg unshare -n bash -c '
+        set -e
+        ip link set lo up
+        "$0" backend "$1" 2>"$5/kernel-backend.log" & backend=$!
+        "$0" wait "$1"
+        SNIROUTE_LOG=warn "$2" run -c "$3" 2>"$5/sniroute-kernel.log" & proxy=$!
+        trap "kill $proxy $backend 2>/dev/null; wait" EXIT
+        "$0" wait "127.0.0.1:$4"
+        "$0" run --name sniroute-kernel --target "127.0.0.1:$4" --out "$6" \
+            --backend-pid "$backend" --pid "$proxy" --secs "$7" --phases rate,kernel
+        kill -TERM "$proxy"; wait "$proxy"
+    ' "$LOADGEN" "$BACKEND" "$SNIROUTE" "$conf" "$port" "$OUT" "$result" "${SIZES[-3]}"
+}
+
+# 100,000 saved bans at start: time until sniroute serves and its RSS then,
+# with kernel bans and without (same state file), in a network namespace.
+kernel_load() {
+    local port=${PORT[sniroute-kernel]} state="$OUT/bans-100k.json" backend
+    awk -v now="$(date +%s)" 'BEGIN {
+        printf "{\"version\":1,\"bans\":["
+        for (i = 0; i < 100000; i++) {
+            printf "%s{\"net\":\"10.%d.%d.%d/32\",\"reason\":\"unknown_sni\",\"strikes\":1,\"banned_at\":%d,\"expires_at\":%d}",
+                (i ? "," : ""), int(i / 65536), int(i / 256) % 256, i % 256, now, now + 31536000
+        }
+        print "]}"
+    }' >"$state"
+    for backend in none nftables; do
+        { sniroute_config "$port" true true; printf '[firewall]\nbackend = "%s"\n' "$backend"; } |
+            sed "s#^state_file = .*#state_file = \"$OUT/bans-100k-$backend.json\"#" >"$OUT/load-$backend.toml"
+        cp "$state" "$OUT/bans-100k-$backend.json"
+        fg unshare -n bash -c '
+            ip link set lo up
+            start=$(date +%s.%N)
+            SNIROUTE_LOG=info "$0" run -c "$1" 2>"$3/load-$4.log" & proxy=$!
+            "$2" wait "127.0.0.1:$5" --secs 60
+            ready=$(date +%s.%N)
+            sleep 1
+            rss=$(awk "/^VmRSS/ {print \$2}" /proc/$proxy/status)
+            elements=$(curl -s "http://127.0.0.1:$5/metrics" | awk "/^sniroute_firewall_elements / {print \$2}")
+            echo "| $4 | $(awk "BEGIN {printf \"%.2f\", $ready - $start}") s | $((rss / 1024)) MiB | $elements |"
+            kill -TERM $proxy; wait $proxy
+        ' "$SNIROUTE" "$OUT/load-$backend.toml" "$LOADGEN" "$OUT" "$backend" "$((port + 150))"
+    done
+}
+
 binary_for() {
     case $1 in
     sniroute-candidate) echo "$CANDIDATE" ;;
@@ -284,6 +339,18 @@ RESULTS=()
 ROUNDS=${ROUNDS:-1}
 for round in $(seq "$ROUNDS"); do
 for name in "${TARGETS[@]}"; do
+    if [[ $name == sniroute-kernel ]]; then
+        if [[ $(id -u) != 0 ]] || ! command -v nft >/dev/null; then
+            [[ $round == 1 ]] && echo "== $name: needs root and nft, skipped" | tee -a "$OUT/skipped.txt"
+            continue
+        fi
+        echo "== $name (round $round of $ROUNDS)"
+        [[ -z "${NICE:-}" ]] && fg "$LOADGEN" quiet --secs "${QUIET_SECS:-120}"
+        result="$OUT/$name.$round.json"
+        kernel_row "$result" || echo "== $name: failed (see $OUT/$name.log)"
+        [[ -f "$result" ]] && RESULTS+=("$result")
+        continue
+    fi
     if [[ $name != direct ]] && ! command -v "$(binary_for "$name")" >/dev/null; then
         [[ $round == 1 ]] && echo "== $name: not installed, skipped" | tee -a "$OUT/skipped.txt"
         continue
@@ -321,5 +388,15 @@ done
 
 echo
 "$LOADGEN" report "${RESULTS[@]}" | tee "$OUT/table.md"
+if [[ " ${TARGETS[*]} " == *" sniroute-kernel "* && $(id -u) == 0 ]] && command -v nft >/dev/null; then
+    {
+        echo
+        echo "100,000 saved bans at start (until the metrics endpoint answers; RSS 1 s later):"
+        echo
+        echo "| firewall.backend | start to serving | RSS | kernel elements |"
+        echo "|---|---:|---:|---:|"
+        kernel_load
+    } | tee -a "$OUT/table.md"
+fi
 echo
 echo "results, configs and logs: $OUT"

@@ -22,6 +22,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::firewall;
 use arc_swap::ArcSwapOption;
 
 use crate::crowdsec;
@@ -131,6 +132,9 @@ pub struct StatusReport {
     pub sources_with_strikes: u64,
     /// Sources the rate limiter is tracking.
     pub rate_limit_keys: u64,
+    /// Kernel bans: `nftables inet sniroute, N elements` or `none`.
+    #[serde(default = "no_firewall")]
+    pub firewall: String,
     /// The CrowdSec LAPI's state, when `[crowdsec]` is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crowdsec: Option<crowdsec::Report>,
@@ -144,6 +148,8 @@ pub struct AdminServer {
     crowdsec: Arc<ArcSwapOption<crowdsec::Status>>,
     path: PathBuf,
     inode: (u64, u64),
+    /// The kernel bans' state, for `status`; `None` reads as `none`.
+    firewall: Option<Arc<firewall::Status>>,
 }
 
 impl AdminServer {
@@ -167,8 +173,15 @@ impl AdminServer {
             listener: UnixListener::from_std(listener)?,
             path: path.to_path_buf(),
             inode: (meta.dev(), meta.ino()),
+            firewall: None,
             crowdsec: Arc::default(),
         })
+    }
+
+    /// Reports `firewall` in `status` (the line `Firewall: ...`).
+    pub fn with_firewall(mut self, firewall: Arc<firewall::Status>) -> AdminServer {
+        self.firewall = Some(firewall);
+        self
     }
 
     /// Shows CrowdSec's state (whatever `slot` holds at each request) in `status`.
@@ -193,10 +206,12 @@ impl AdminServer {
                 Ok((stream, _)) => {
                     let (guard, control) = (guard.clone(), control.clone());
                     let crowdsec = self.crowdsec.load_full();
+                    let firewall = self.firewall.clone();
                     tokio::spawn(async move {
                         let status = Ctx {
                             guard: &guard,
                             crowdsec: crowdsec.as_deref(),
+                            firewall: firewall.as_deref(),
                         };
                         if let Err(e) = answer(stream, status, control.as_ref()).await {
                             tracing::debug!(error = %e, "admin connection failed");
@@ -351,6 +366,7 @@ fn refused(message: String) -> Response {
 struct Ctx<'a> {
     guard: &'a Guard,
     crowdsec: Option<&'a crowdsec::Status>,
+    firewall: Option<&'a firewall::Status>,
 }
 
 fn status(ctx: Ctx<'_>) -> StatusReport {
@@ -367,7 +383,15 @@ fn status(ctx: Ctx<'_>) -> StatusReport {
         total_banned: guard.total_banned(),
         sources_with_strikes: count(guard.strike_sources()),
         rate_limit_keys: count(guard.rate_limit_keys()),
+        firewall: ctx
+            .firewall
+            .map_or_else(no_firewall, firewall::Status::line),
     }
+}
+
+/// What `status` says without kernel bans.
+fn no_firewall() -> String {
+    "none".to_owned()
 }
 
 async fn reload_via(control: Option<&mpsc::Sender<Control>>) -> Response {
@@ -486,6 +510,7 @@ impl StatusReport {
         );
         let _ = writeln!(out, "Currently banned: {}", self.currently_banned);
         let _ = writeln!(out, "Total banned: {}", self.total_banned);
+        let _ = writeln!(out, "Firewall: {}", self.firewall);
         if let Some(c) = &self.crowdsec {
             out.push_str(&crowdsec_lines(c));
         }
@@ -621,9 +646,14 @@ mod tests {
             total_banned: 5,
             sources_with_strikes: 1,
             rate_limit_keys: 3,
+            firewall: "nftables inet sniroute, 2 elements".to_owned(),
             crowdsec: None,
         };
         let text = report.human();
+        assert!(
+            text.lines()
+                .any(|l| l == "Firewall: nftables inet sniroute, 2 elements")
+        );
         assert!(text.lines().any(|l| l == "Currently banned: 2"));
         assert!(text.lines().any(|l| l == "Total banned: 5"));
         assert!(text.contains("  routed         7\n"));

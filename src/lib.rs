@@ -9,6 +9,7 @@
 //! - `listener`: accept loops; `conn`: one connection, start to end;
 //! - `forward`: backend connect and the two-way relay (splice on Linux);
 //! - `shared`: the state below listeners, connections and the admin socket;
+//! - `firewall`: kernel bans (an nftables set fed by the guard's ban events);
 //! - `accesslog`, `metrics`, `admin`, `lifecycle` (the only signal handler),
 //!   `logging` (stderr, plain or journald-native); `server` builds, starts,
 //!   reloads and stops;
@@ -25,6 +26,7 @@ pub mod clienthello;
 pub mod config;
 pub mod conn;
 pub mod crowdsec;
+pub mod firewall;
 pub mod forward;
 pub mod guard;
 pub mod hostname;

@@ -68,6 +68,10 @@ fn register_static() {
     // The config in force at start-up was loaded fine (else no start).
     gauge!("sniroute_config_last_reload_successful").set(1.0);
     gauge!("sniroute_banned").increment(0.0);
+    gauge!("sniroute_firewall_elements").increment(0.0);
+    counter!("sniroute_firewall_errors_total").increment(0);
+    counter!("sniroute_firewall_syncs_total").increment(0);
+    counter!("sniroute_firewall_dropped_packets_total").increment(0);
     gauge!("sniroute_crowdsec_decisions").increment(0.0);
     for result in ["ok", "error"] {
         counter!("sniroute_crowdsec_pulls_total", "result" => result).increment(0);
@@ -157,6 +161,22 @@ fn describe() {
     describe_gauge!(
         "sniroute_build_info",
         "Always 1; the version label says which build."
+    );
+    describe_gauge!(
+        "sniroute_firewall_elements",
+        "Bans held in the kernel's nftables sets now (firewall.backend = nftables)."
+    );
+    describe_counter!(
+        "sniroute_firewall_errors_total",
+        "Failed nft runs (bans stay enforced in user space meanwhile)."
+    );
+    describe_counter!(
+        "sniroute_firewall_syncs_total",
+        "Whole-table loads of the nftables table (start, repair, reload)."
+    );
+    describe_counter!(
+        "sniroute_firewall_dropped_packets_total",
+        "Packets from banned sources the kernel dropped (read every 5 s)."
     );
     describe_gauge!(
         "sniroute_strike_sources",

@@ -18,6 +18,7 @@ use crate::admin::AdminServer;
 use crate::balance::Checks;
 use crate::config::{self, Config};
 use crate::crowdsec::{self, Crowdsec};
+use crate::firewall::Firewall;
 use crate::guard::Guard;
 use crate::lifecycle;
 use crate::listener;
@@ -109,6 +110,14 @@ impl Server {
     /// Serves until `Control::Stop` (or the channel closes), then drains.
     pub async fn run(self, mut control: mpsc::Receiver<Control>) -> anyhow::Result<()> {
         let shared = self.shared;
+        // Kernel bans are in place before the first connection is accepted.
+        let bound: Vec<SocketAddr> = self
+            .listeners
+            .iter()
+            .filter_map(|(_, l)| l.local_addr().ok())
+            .collect();
+        let mut firewall =
+            Firewall::start(&shared.snapshot().config, &bound, Arc::clone(&shared.guard)).await?;
         let mut accepting = Accepting::default();
         for (addr, l) in self.listeners {
             accepting.start(addr, l, &shared)?;
@@ -124,7 +133,9 @@ impl Server {
         let (admin_tx, mut admin_rx) = mpsc::channel(8);
         let admin_task = match &shared.snapshot().config.admin.socket {
             Some(path) => {
-                let admin = AdminServer::bind(path)?.with_crowdsec(Arc::clone(&crowdsec.status));
+                let admin = AdminServer::bind(path)?
+                    .with_crowdsec(Arc::clone(&crowdsec.status))
+                    .with_firewall(firewall.status());
                 Some(tokio::spawn(
                     admin.serve(Arc::clone(&shared.guard), Some(admin_tx)),
                 ))
@@ -148,6 +159,7 @@ impl Server {
                         self.config_path.as_ref(),
                         &mut accepting,
                         !self.activated,
+                        &mut firewall,
                     );
                     if result.is_ok() {
                         // The new routes' checks start; the old ones stop.
@@ -187,6 +199,7 @@ impl Server {
         for task in [metrics_task, admin_task].into_iter().flatten() {
             task.abort();
         }
+        firewall.stop().await;
         // Writes pending ban changes (fsync) before returning.
         let _ = tokio::task::spawn_blocking(move || housekeeping.stop()).await;
         Ok(())
@@ -292,6 +305,14 @@ impl Accepting {
         }
     }
 
+    /// The addresses the accept loops listen on (port 0 resolved).
+    fn bound(&self) -> Vec<SocketAddr> {
+        self.loops
+            .values()
+            .filter_map(|l| l.listener.get_ref().local_addr().ok())
+            .collect()
+    }
+
     /// Applies `defer_accept` to every listener (new ones have it already).
     fn set_defer_accept(&self, on: bool) -> Result<(), String> {
         for (addr, accept_loop) in &self.loops {
@@ -316,9 +337,10 @@ fn reload(
     path: Option<&PathBuf>,
     accepting: &mut Accepting,
     follow_listen: bool,
+    firewall: &mut Firewall,
 ) -> Result<String, String> {
     lifecycle::notify_reloading();
-    let result = apply_config(shared, path, accepting, follow_listen);
+    let result = apply_config(shared, path, accepting, follow_listen, firewall);
     crate::metrics::reload_result(result.is_ok());
     match &result {
         Ok(summary) => tracing::info!("{summary}"),
@@ -330,12 +352,14 @@ fn reload(
 
 /// Loads the config file with the same code as `check`; on success swaps the
 /// snapshot, reconfigures the guard, reopens the log and adjusts listeners
-/// (which ones listen only when `follow_listen`: not with socket activation).
+/// (which ones listen only when `follow_listen`: not with socket activation),
+/// and the kernel bans' table.
 fn apply_config(
     shared: &Arc<Shared>,
     path: Option<&PathBuf>,
     accepting: &mut Accepting,
     follow_listen: bool,
+    firewall: &mut Firewall,
 ) -> Result<String, String> {
     let path = path.ok_or("no config file to reload from")?;
     let config = config::load(path).map_err(|e| e.to_string())?;
@@ -345,6 +369,7 @@ fn apply_config(
     accepting.set_defer_accept(config.defer_accept)?;
     shared.guard.reconfigure(&config.ban, &config.rate_limit);
     shared.log.reopen();
+    firewall.reconfigure(&config, &accepting.bound());
     let summary = format!(
         "config reloaded: {} listeners, {} routes",
         config.listen.len(),

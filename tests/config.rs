@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sniroute::config::{
-    self, AccessLog, Config, Diagnostic, HostPattern, LoadError, LogFormat, ProxyProtocol,
+    self, AccessLog, Config, Diagnostic, FirewallBackend, FirewallScope, HostPattern, LoadError,
+    LogFormat, ProxyProtocol,
 };
 use sniroute::hostname::HostName;
 use sniroute::outcome::Outcome;
@@ -121,6 +122,7 @@ fn the_example_config_states_every_default() {
         format!("{:?}", minimal.rate_limit)
     );
     assert_eq!(format!("{:?}", example.log), format!("{:?}", minimal.log));
+    assert_eq!(example.firewall, minimal.firewall);
 }
 
 #[test]
@@ -218,7 +220,7 @@ fn a_minimal_config_gets_the_spec_defaults() {
     let c = parse(MINIMAL);
     assert!(c.workers >= 1, "workers = 0 becomes the core count");
     assert!(c.splice);
-    assert!(!c.defer_accept);
+    assert!(c.defer_accept);
     assert_eq!(c.limits.client_hello_timeout, Duration::from_secs(5));
     assert_eq!(c.limits.max_client_hello, 16384);
     assert_eq!(c.limits.connect_timeout, Duration::from_secs(3));
@@ -383,7 +385,7 @@ fn unknown_keys_everywhere_are_all_reported_with_suggestions() {
             (
                 2,
                 1,
-                "unknown key \"listen_on\" at top level; expected one of: listen, workers, splice, defer_accept, limits, tls, route, unknown, ban, rate_limit, metrics, admin, log, proxy_protocol, crowdsec"
+                "unknown key \"listen_on\" at top level; expected one of: listen, workers, splice, defer_accept, limits, tls, route, unknown, ban, rate_limit, metrics, admin, log, firewall, proxy_protocol, crowdsec"
             ),
             (
                 6,
@@ -803,6 +805,78 @@ fn garbage_never_panics() {
     ] {
         let _ = config::parse_str(text);
     }
+}
+
+#[test]
+fn firewall_defaults_to_none_and_takes_nftables() {
+    let c = parse(MINIMAL);
+    assert_eq!(c.firewall.backend, FirewallBackend::None);
+    assert_eq!(c.firewall.table, "sniroute");
+    assert_eq!(c.firewall.scope, FirewallScope::Listen);
+    assert!(c.summary().contains("firewall: none"), "{}", c.summary());
+
+    let c = parse(&with(
+        "[firewall]\nbackend = \"nftables\"\ntable = \"edge_bans\"\nscope = \"all\"\n",
+    ));
+    assert_eq!(c.firewall.backend, FirewallBackend::Nftables);
+    assert_eq!(c.firewall.table, "edge_bans");
+    assert_eq!(c.firewall.scope, FirewallScope::All);
+    let summary = c.summary();
+    assert!(
+        summary.contains("firewall: nftables table inet edge_bans, banned sources' all packets dropped by the kernel; needs nft"),
+        "{summary}"
+    );
+    assert!(summary.contains("CAP_NET_ADMIN"), "{summary}");
+}
+
+#[test]
+fn firewall_mistakes_are_placed() {
+    let text = with(
+        "[firewall]\nbackend = \"iptables\"\ntable = \"1bad-name\"\nscope = \"every\"\nports = 1\n",
+    );
+    let d = errors(&text);
+    let got: Vec<(usize, usize, &str)> = d
+        .iter()
+        .map(|d| (d.line, d.col, d.message.as_str()))
+        .collect();
+    assert_eq!(got.len(), 4, "{got:#?}");
+    assert_eq!(
+        got[0],
+        (
+            6,
+            11,
+            "firewall.backend: unknown value \"iptables\" (expected \"none\" or \"nftables\")"
+        )
+    );
+    assert_eq!((got[1].0, got[1].1), (7, 9));
+    assert!(
+        got[1]
+            .2
+            .starts_with("firewall.table: invalid table name \"1bad-name\""),
+        "{}",
+        got[1].2
+    );
+    assert_eq!(
+        got[2],
+        (
+            8,
+            9,
+            "firewall.scope: unknown value \"every\" (expected \"listen\" or \"all\")"
+        )
+    );
+    assert_eq!((got[3].0, got[3].1), (9, 1));
+    assert!(
+        got[3].2.starts_with("unknown key \"ports\" in [firewall]"),
+        "{}",
+        got[3].2
+    );
+
+    let (line, col, msg) = only_error(&with("[firewall]\nbackend = true\n"));
+    assert_eq!((line, col), (6, 11));
+    assert_eq!(
+        msg,
+        "firewall.backend: expected \"none\" or \"nftables\", found boolean `true`"
+    );
 }
 
 #[test]

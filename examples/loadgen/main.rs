@@ -15,6 +15,7 @@
 //! and predictably.
 
 mod backend;
+mod kernel;
 mod phases;
 mod procfs;
 mod report;
@@ -119,6 +120,9 @@ enum Phase {
     Rate,
     Reject,
     Banned,
+    /// sniroute with `firewall.backend = "nftables"`: banned sources flood
+    /// while legitimate clients route (see `kernel.rs`).
+    Kernel,
 }
 
 /// How often `wait` retries a refused connect.
@@ -247,6 +251,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             Phase::Banned => phases::banned(&target, args.concurrency, args.secs)
                 .await
                 .map(|r| results.banned = Some(r)),
+            Phase::Kernel => kernel::kernel_bans(&target, args.concurrency, args.secs)
+                .await
+                .map(|r| results.kernel = Some(r)),
         };
         if let Err(e) = outcome {
             eprintln!("loadgen: {}: {phase:?} failed: {e:#}", args.name);

@@ -19,13 +19,13 @@ use crate::wire::{self, Command};
 
 /// Bound on any single connection step: a proxy that stalls fails the phase
 /// instead of hanging the run.
-const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// A banned source must be closed at once; if the close takes longer than
 /// this, the source was not banned (the proxy is waiting for a hello).
 const BANNED_CLOSE_WITHIN: Duration = Duration::from_secs(1);
 /// Warm-up connections before a measured phase: first-use allocations and
 /// lazy initialisation are not what is measured.
-const WARMUP: usize = 200;
+pub(crate) const WARMUP: usize = 200;
 /// Concurrent connects while opening the idle connections.
 const IDLE_OPEN_CONCURRENCY: usize = 64;
 /// Time for the proxy to finish its own work (closing the warm-up
@@ -33,7 +33,7 @@ const IDLE_OPEN_CONCURRENCY: usize = 64;
 const SETTLE: Duration = Duration::from_millis(300);
 /// Source addresses for the routed phases: at 20,000 connections/s each sees
 /// 5/s, well under sniroute's default rate limit of 20/s.
-const ROUTED_SOURCES: u32 = 4000;
+pub(crate) const ROUTED_SOURCES: u32 = 4000;
 /// Source addresses for the reject phase.
 const REJECT_SOURCES: u32 = 1000;
 /// Source addresses struck once and then banned, for the banned phase.
@@ -53,7 +53,7 @@ pub struct Target {
 
 /// CPU time of the proxy, of the load generator and of the whole machine
 /// over a phase.
-struct Meter {
+pub(crate) struct Meter {
     started: Instant,
     proxy: Option<Duration>,
     own: Duration,
@@ -62,10 +62,10 @@ struct Meter {
 }
 
 /// What a [`Meter`] read at the end.
-struct Spent {
-    wall: f64,
+pub(crate) struct Spent {
+    pub(crate) wall: f64,
     /// Proxy CPU seconds, `None` without a proxy.
-    proxy: Option<f64>,
+    pub(crate) proxy: Option<f64>,
     own: f64,
     /// CPU seconds used by anything but the proxy, the load generator and the
     /// backend (other jobs on the machine, kernel threads): noise.
@@ -82,7 +82,7 @@ pub struct Context {
 }
 
 impl Spent {
-    fn context(&self) -> Context {
+    pub(crate) fn context(&self) -> Context {
         Context {
             loadgen_cpu_s: self.own,
             other_cpu_s: self.other,
@@ -98,7 +98,7 @@ fn backend_cpu(target: &Target) -> io::Result<Duration> {
 }
 
 impl Meter {
-    fn start(target: &Target) -> io::Result<Meter> {
+    pub(crate) fn start(target: &Target) -> io::Result<Meter> {
         let proxy = if target.pids.is_empty() {
             None
         } else {
@@ -113,7 +113,7 @@ impl Meter {
         })
     }
 
-    fn stop(self, target: &Target) -> io::Result<Spent> {
+    pub(crate) fn stop(self, target: &Target) -> io::Result<Spent> {
         let wall = self.started.elapsed().as_secs_f64();
         let proxy = match self.proxy {
             Some(before) => Some(procfs::cpu(&target.pids)?.saturating_sub(before)),
@@ -132,7 +132,7 @@ impl Meter {
     }
 }
 
-async fn step<T>(what: &str, fut: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+pub(crate) async fn step<T>(what: &str, fut: impl Future<Output = io::Result<T>>) -> io::Result<T> {
     match tokio::time::timeout(STEP_TIMEOUT, fut).await {
         Ok(result) => result,
         Err(_) => Err(io::Error::new(
@@ -204,7 +204,7 @@ pub async fn bulk(target: &Target, conns: usize, n: u64) -> anyhow::Result<Bulk>
 
 /// One routed connection: connect, hello + ping, first byte (the latency),
 /// then the backend's close.
-async fn ping(source: &Sources, addr: SocketAddr) -> io::Result<Duration> {
+pub(crate) async fn ping(source: &Sources, addr: SocketAddr) -> io::Result<Duration> {
     let started = Instant::now();
     let mut conn = stream::connect(source.next_ip(), addr).await?;
     conn.write_all(&wire::opening(Command::Ping)).await?;
@@ -222,7 +222,7 @@ async fn ping(source: &Sources, addr: SocketAddr) -> io::Result<Duration> {
 
 /// Runs `one` from `concurrency` tasks until `secs` are over; returns each
 /// success's value and the error count.
-async fn closed_loop<T, F, Fut>(concurrency: usize, secs: f64, one: F) -> (Vec<T>, usize)
+pub(crate) async fn closed_loop<T, F, Fut>(concurrency: usize, secs: f64, one: F) -> (Vec<T>, usize)
 where
     T: Send + 'static,
     F: Fn() -> Fut + Send + Sync + 'static,
@@ -331,7 +331,7 @@ pub struct Closes {
 
 /// Sends `hello` (if any) from the next source and waits for the close;
 /// returns the bytes received. Slower than `within` is an error.
-async fn closed_after(
+pub(crate) async fn closed_after(
     source: &Sources,
     addr: SocketAddr,
     hello: Option<&[u8]>,

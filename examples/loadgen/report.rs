@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
+use crate::kernel::KernelBans;
 use crate::phases::{Bulk, Closes, Idle, Rate};
 
 /// Everything one `run` measured against one target.
@@ -21,6 +22,9 @@ pub struct Results {
     pub rate: Option<Rate>,
     pub reject: Option<Closes>,
     pub banned: Option<Closes>,
+    /// The kernel-bans phase (sniroute with nftables only).
+    #[serde(default)]
+    pub kernel: Option<KernelBans>,
 }
 
 /// Share of one core used by other processes during a phase above which
@@ -240,7 +244,62 @@ pub fn print(files: &[PathBuf]) -> anyhow::Result<()> {
             is_deferred_peer,
         );
     }
+    print_kernel(&rows, &figures);
     Ok(())
+}
+
+/// The kernel-bans row (`sniroute-kernel`): its figures against the issue's
+/// targets, HAProxy's CPU per reject taken from the same run.
+fn print_kernel(rows: &[Row], figures: &[Figure]) {
+    let Some(kernel) = rows
+        .iter()
+        .flat_map(|r| r.runs.iter())
+        .find_map(|run| run.kernel.as_ref())
+    else {
+        return;
+    };
+    let haproxy_reject = figures
+        .iter()
+        .find(|f| f.label == "proxy CPU µs / reject")
+        .and_then(|f| row(rows, HAPROXY)?.value(f));
+    println!(
+        "\nKernel bans (`sniroute-kernel`: `firewall.backend = \"nftables\"`, {} banned sources, \
+         all in the kernel {:.2} s after the first strike):\n",
+        kernel.sources, kernel.ban_secs
+    );
+    println!("| figure | value | against | target | measured | met |");
+    println!("|---|---:|---|---:|---:|---|");
+    if let (Some(ours), Some(theirs)) = (kernel.cpu_us_per_attempt, haproxy_reject) {
+        let r = ours / theirs;
+        println!(
+            "| proxy CPU µs per banned attempt | {} | HAProxy's per reject ({}) | ≤ 0.05× | {r:.3}× | {} |",
+            num(ours),
+            num(theirs),
+            if r <= 0.05 { "yes" } else { "**no**" }
+        );
+    } else if let Some(ours) = kernel.cpu_us_per_attempt {
+        println!(
+            "| proxy CPU µs per banned attempt | {} | (no HAProxy row) | | | |",
+            num(ours)
+        );
+    }
+    let r = kernel.routed_flood_per_s / kernel.routed_quiet_per_s;
+    println!(
+        "| routed conns/s during the flood | {} | same run without it ({}) | ≥ 0.95× | {r:.2}× | {} |",
+        num(kernel.routed_flood_per_s),
+        num(kernel.routed_quiet_per_s),
+        if r >= 0.95 { "yes" } else { "**no**" }
+    );
+    println!(
+        "| banned attempts/s (SYNs dropped) | {} | answered: {} | 0 answered | | {} |",
+        num(kernel.attempts_per_s),
+        kernel.answered,
+        if kernel.answered == 0 {
+            "yes"
+        } else {
+            "**no**"
+        }
+    );
 }
 
 /// One line per target whose phases ran beside other busy processes: the

@@ -50,3 +50,6 @@ pub const ROUTED: u8 = 0;
 pub const REJECT: u8 = 2;
 /// Second octet of the banned phase's sources (struck once, then banned).
 pub const BANNED: u8 = 1;
+/// Second octet of the kernel-bans phase's sources (struck once, then
+/// dropped by the kernel's ban set).
+pub const KERNEL: u8 = 3;

@@ -15,9 +15,9 @@ use super::check::{Checker, or_list};
 use super::keys;
 use super::raw::{self, RawConfig, Source, Text, TextList};
 use super::{
-    AccessLog, AdminConfig, Balance, BanConfig, Config, Diagnostic, HealthCheck, HostPattern,
-    Limits, LogConfig, LogFormat, MetricsConfig, ProxyProtocol, ProxyProtocolConfig,
-    RateLimitConfig, Route, TlsPolicy,
+    AccessLog, AdminConfig, Balance, BanConfig, Config, Diagnostic, FirewallBackend,
+    FirewallConfig, FirewallScope, HealthCheck, HostPattern, Limits, LogConfig, LogFormat,
+    MetricsConfig, ProxyProtocol, ProxyProtocolConfig, RateLimitConfig, Route, TlsPolicy,
 };
 use crate::cidr::CidrSet;
 use crate::outcome::Outcome;
@@ -32,6 +32,10 @@ const MAX_CLIENT_HELLO: i64 = 65_536;
 const MAX_WORKERS: i64 = 1024;
 /// What `workers = 0` becomes when the core count cannot be read.
 const FALLBACK_WORKERS: usize = 1;
+/// Longest `firewall.table`: nftables takes up to 255 bytes, but a table
+/// name is typed in `nft list table inet NAME` and in the systemd drop-in;
+/// 64 is plenty and keeps messages short.
+const MAX_TABLE_NAME: usize = 64;
 /// Most backends of one route: the balancer keeps which ones a connection
 /// tried in a 64-bit mask (no allocation per connection); far above any
 /// real pool behind one name.
@@ -65,7 +69,7 @@ pub(super) fn build(src: &Source<'_>, raw: RawConfig, diags: &mut Vec<Diagnostic
         listen,
         workers,
         splice: raw.top.splice.unwrap_or(true),
-        defer_accept: raw.top.defer_accept.unwrap_or(false),
+        defer_accept: raw.top.defer_accept.unwrap_or(true),
         limits: c.limits(&raw.limits),
         tls: c.tls(&raw.tls),
         routes,
@@ -77,6 +81,7 @@ pub(super) fn build(src: &Source<'_>, raw: RawConfig, diags: &mut Vec<Diagnostic
             socket: path_or_none(raw.admin.socket.as_deref(), "/run/sniroute/admin.sock"),
         },
         log: c.log(&raw.log),
+        firewall: c.firewall(&raw.firewall),
         proxy_protocol: c.proxy_protocol_section(&raw.proxy_protocol),
         crowdsec: c.crowdsec(&raw.crowdsec),
     }
@@ -669,6 +674,50 @@ impl Checker<'_, '_> {
         LogConfig {
             access,
             format: self.word("log.format", raw.format.as_ref(), LogFormat::Text, &formats),
+        }
+    }
+
+    fn firewall(&mut self, raw: &raw::RawFirewall) -> FirewallConfig {
+        let backends = [
+            ("none", FirewallBackend::None),
+            ("nftables", FirewallBackend::Nftables),
+        ];
+        let scopes = [
+            ("listen", FirewallScope::Listen),
+            ("all", FirewallScope::All),
+        ];
+        let table = match &raw.table {
+            None => "sniroute".to_string(),
+            Some(text) => {
+                let name = text.get_ref();
+                let mut chars = name.chars();
+                let well_formed = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+                    && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && name.len() <= MAX_TABLE_NAME;
+                if !well_formed {
+                    let msg = format!(
+                        "firewall.table: invalid table name {name:?} (expected a letter, then letters, \
+                         digits or '_', at most {MAX_TABLE_NAME} characters, like \"sniroute\")"
+                    );
+                    self.err(text.span(), msg);
+                }
+                name.clone()
+            }
+        };
+        FirewallConfig {
+            backend: self.word(
+                "firewall.backend",
+                raw.backend.as_ref(),
+                FirewallBackend::None,
+                &backends,
+            ),
+            table,
+            scope: self.word(
+                "firewall.scope",
+                raw.scope.as_ref(),
+                FirewallScope::Listen,
+                &scopes,
+            ),
         }
     }
 }

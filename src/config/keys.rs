@@ -5,8 +5,8 @@
 use serde::Deserialize;
 
 use super::raw::{
-    RawAdmin, RawBan, RawLimits, RawLog, RawMetrics, RawProxyProtocol, RawRateLimit, RawRoute,
-    RawTls, RawTop, RawUnknown, SECTIONS,
+    RawAdmin, RawBan, RawFirewall, RawLimits, RawLog, RawMetrics, RawProxyProtocol, RawRateLimit,
+    RawRoute, RawTls, RawTop, RawUnknown, SECTIONS,
 };
 
 /// `unknown key "maxretry" in [ban] (did you mean "max_retry"?)`.
@@ -43,6 +43,7 @@ fn section_fields(section: &str) -> &'static [&'static str] {
         "metrics" => fields_of::<RawMetrics>(),
         "admin" => fields_of::<RawAdmin>(),
         "log" => fields_of::<RawLog>(),
+        "firewall" => fields_of::<RawFirewall>(),
         "proxy_protocol" => fields_of::<RawProxyProtocol>(),
         "crowdsec" => fields_of::<super::crowdsec::RawCrowdsec>(),
         _ => &[],

@@ -33,11 +33,13 @@ pub struct Config {
     pub workers: usize,
     /// `splice` (default true): use splice(2) to relay on Linux; false forces a plain copy.
     pub splice: bool,
-    /// `defer_accept` (default false): Linux's TCP_DEFER_ACCEPT on the
+    /// `defer_accept` (default true): Linux's TCP_DEFER_ACCEPT on the
     /// listeners. The kernel hands over a connection only once its first
     /// bytes arrived (or, for a silent client, after about a second), so a
-    /// refusal costs no wait for the hello. A client that connects and closes
-    /// without a byte within that second is never seen: no outcome, no log line.
+    /// refusal costs no wait for the hello. TLS and plain HTTP are both
+    /// client-first, so no real client waits for it. A client that connects
+    /// and closes without a byte within that second is never seen: no
+    /// outcome, no log line.
     pub defer_accept: bool,
     /// `[limits]`.
     pub limits: Limits,
@@ -60,6 +62,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[log]`.
     pub log: LogConfig,
+    /// `[firewall]`: kernel bans.
+    pub firewall: FirewallConfig,
     /// `[proxy_protocol]`: trusted balancers.
     pub proxy_protocol: ProxyProtocolConfig,
     /// `[crowdsec]`; `None` when `lapi_url` is unset or "" (off).
@@ -265,6 +269,40 @@ pub struct LogConfig {
     pub access: AccessLog,
     /// `format` (default "text"; "text" or "json").
     pub format: LogFormat,
+}
+
+/// `firewall.backend`: who else enforces the bans in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirewallBackend {
+    /// `"none"` (the default): bans are enforced in user space only, right
+    /// after `accept`.
+    None,
+    /// `"nftables"`: every ban in force is also an element of a set in an
+    /// nftables table owned by sniroute, so the kernel drops the source's
+    /// packets (SYNs included); the user-space check stays as the fallback.
+    Nftables,
+}
+
+/// `firewall.scope`: which packets of a banned source the kernel drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirewallScope {
+    /// `"listen"` (the default): TCP packets to sniroute's listen ports.
+    Listen,
+    /// `"all"`: every packet, to any port and of any protocol.
+    All,
+}
+
+/// `[firewall]`: kernel bans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirewallConfig {
+    /// `backend` (default "none"; "none" or "nftables").
+    pub backend: FirewallBackend,
+    /// `table` (default "sniroute"): the nftables table `inet <table>`,
+    /// created whole at start, replaced on repair, deleted at a clean stop.
+    /// A letter, then letters, digits or `_`, at most 64 characters.
+    pub table: String,
+    /// `scope` (default "listen"; "listen" or "all").
+    pub scope: FirewallScope,
 }
 
 /// `[proxy_protocol]`: the balancers whose connections name their client

@@ -33,7 +33,7 @@ pub(super) struct RawTop {
     pub workers: Option<Int>,
     /// `splice`: default true.
     pub splice: Option<bool>,
-    /// `defer_accept`: default false.
+    /// `defer_accept`: default true.
     pub defer_accept: Option<bool>,
 }
 
@@ -173,6 +173,18 @@ pub(super) struct RawLog {
     pub format: Option<Text>,
 }
 
+/// `[firewall]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFirewall {
+    /// Default "none".
+    pub backend: Option<Text>,
+    /// Default "sniroute".
+    pub table: Option<Text>,
+    /// Default "listen".
+    pub scope: Option<Text>,
+}
+
 /// `[proxy_protocol]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -201,12 +213,13 @@ pub(super) struct RawConfig {
     pub metrics: RawMetrics,
     pub admin: RawAdmin,
     pub log: RawLog,
+    pub firewall: RawFirewall,
     pub proxy_protocol: RawProxyProtocol,
     pub crowdsec: super::crowdsec::RawCrowdsec,
 }
 
 /// The top-level keys that hold a table (`route` an array of tables).
-pub(super) const SECTIONS: [&str; 11] = [
+pub(super) const SECTIONS: [&str; 12] = [
     "limits",
     "tls",
     "route",
@@ -216,6 +229,7 @@ pub(super) const SECTIONS: [&str; 11] = [
     "metrics",
     "admin",
     "log",
+    "firewall",
     "proxy_protocol",
     "crowdsec",
 ];
@@ -295,6 +309,7 @@ pub(super) fn parse(src: &Source<'_>, diags: &mut Vec<Diagnostic>) -> Option<Raw
             "metrics" => raw.metrics = section.parse(value, diags).unwrap_or_default(),
             "admin" => raw.admin = section.parse(value, diags).unwrap_or_default(),
             "log" => raw.log = section.parse(value, diags).unwrap_or_default(),
+            "firewall" => raw.firewall = section.parse(value, diags).unwrap_or_default(),
             "proxy_protocol" => {
                 raw.proxy_protocol = section.parse(value, diags).unwrap_or_default()
             }
@@ -442,10 +457,10 @@ impl<'s, 'a> Section<'s, 'a> {
             (p, Some(k)) => format!("{p}.{k}"),
             (p, None) => p.to_string(),
         };
-        let key_kind = if path == "metrics.listen" {
-            "backend"
-        } else {
-            key.unwrap_or("")
+        let key_kind = match path.as_str() {
+            "metrics.listen" => "backend",
+            "firewall.backend" => "firewall.backend",
+            _ => key.unwrap_or(""),
         };
         let found_expected = message
             .strip_prefix("invalid type: ")
@@ -490,6 +505,9 @@ fn expectation(key: &str) -> Option<&'static str> {
         "update_frequency" => "a quoted duration like \"10s\"",
         "lapi_url" => "a quoted URL like \"http://127.0.0.1:8080\"",
         "push" => "true or false",
+        "firewall.backend" => "\"none\" or \"nftables\"",
+        "table" => "a quoted nftables table name like \"sniroute\"",
+        "scope" => "\"listen\" or \"all\"",
         _ => return None,
     })
 }

@@ -4,7 +4,9 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::{AccessLog, Balance, Config, LogFormat, ProxyProtocol, Route};
+use super::{
+    AccessLog, Balance, Config, FirewallBackend, FirewallScope, LogFormat, ProxyProtocol, Route,
+};
 
 impl Config {
     /// A short human summary for `sniroute check`: listeners, routes, ban policy.
@@ -76,8 +78,30 @@ impl Config {
             AccessLog::Off => "access log: off".to_string(),
             AccessLog::File(path) => format!("access log: {} ({format})", path.display()),
         });
+        lines.push(self.firewall_line());
         lines.push(self.crowdsec_line());
         lines.join("\n")
+    }
+
+    /// What the kernel bans do, and what they will need at start.
+    fn firewall_line(&self) -> String {
+        let f = &self.firewall;
+        if f.backend == FirewallBackend::None {
+            return "firewall: none (bans enforced in user space, right after accept)".to_string();
+        }
+        let scope = match f.scope {
+            FirewallScope::Listen => "packets to the listen ports",
+            FirewallScope::All => "all packets",
+        };
+        let nft = match crate::firewall::nft::locate() {
+            Some(path) => format!("nft ({})", path.display()),
+            None => "nft (NOT FOUND: install the Debian package nftables)".to_string(),
+        };
+        format!(
+            "firewall: nftables table inet {}, banned sources' {scope} dropped by the kernel; \
+             needs {nft} and CAP_NET_ADMIN (root, or config/sniroute.service.d/nftables.conf)",
+            f.table
+        )
     }
 
     /// `trusted balancers: 10.0.0.0/8 (PROXY v1/v2 header required; ...)`.
