@@ -1,5 +1,6 @@
 //! Micro benchmarks (criterion) of the per-connection work that is pure CPU:
-//! ClientHello parsing, route lookup and the guard's accept-time check.
+//! ClientHello parsing, route lookup, the guard's accept-time check, and
+//! reading a trusted balancer's PROXY header.
 //!
 //! Run with `cargo bench --bench micro`; one group with `cargo bench --bench
 //! micro -- lookup`. Under callgrind (instruction counts, no timing noise):
@@ -20,6 +21,7 @@ use sniroute::config::{BanConfig, HostPattern, RateLimitConfig, Route};
 use sniroute::guard::Guard;
 use sniroute::hostname::HostName;
 use sniroute::outcome::Outcome;
+use sniroute::proxyheader::{self, Endpoints};
 use sniroute::routes::RouteTable;
 
 /// openssl s_client 3.0: 321 bytes, the small end of real hellos.
@@ -182,6 +184,49 @@ fn admit(c: &mut Criterion) {
     group.finish();
 }
 
+/// `proxyheader::parse` on what HAProxy sends (`send-proxy` and
+/// `send-proxy-v2`), IPv4 and IPv6, followed by a hello it must not read.
+fn proxy(c: &mut Criterion) {
+    let v2_tcp4 = {
+        let mut h = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+        h.extend_from_slice(&[203, 0, 113, 7, 192, 0, 2, 1, 0xc8, 0x22, 0x01, 0xbb]);
+        h
+    };
+    let v2_tcp6 = {
+        let mut h = b"\r\n\r\n\0\r\nQUIT\n\x21\x21\x00\x24".to_vec();
+        h.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]);
+        h.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        h.extend_from_slice(&[0xc8, 0x22, 0x01, 0xbb]);
+        h
+    };
+    let inputs: [(&str, Vec<u8>); 4] = [
+        (
+            "v1_tcp4",
+            b"PROXY TCP4 203.0.113.7 192.0.2.1 51234 443\r\n".to_vec(),
+        ),
+        (
+            "v1_tcp6",
+            b"PROXY TCP6 2001:db8::7 2001:db8::1 51234 443\r\n".to_vec(),
+        ),
+        ("v2_tcp4", v2_tcp4),
+        ("v2_tcp6", v2_tcp6),
+    ];
+    let mut group = c.benchmark_group("proxy_header");
+    for (name, header) in inputs {
+        let stream = [header.as_slice(), CURL].concat();
+        match proxyheader::parse(&stream) {
+            proxyheader::Verdict::Header(h) if matches!(h.endpoints, Endpoints::Tcp { .. }) => {
+                assert_eq!(h.len, header.len(), "{name}");
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+        group.bench_with_input(BenchmarkId::from_parameter(name), &stream, |b, stream| {
+            b.iter(|| proxyheader::parse(black_box(stream)));
+        });
+    }
+    group.finish();
+}
+
 /// Short runs: these functions take nanoseconds to microseconds, so two
 /// seconds give millions of samples; the whole suite stays near a minute.
 fn config() -> Criterion {
@@ -193,6 +238,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = parse, lookup, admit
+    targets = parse, lookup, admit, proxy
 }
 criterion_main!(benches);

@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 secs=${1:-600}
 shift || true
-[ $# -gt 0 ] && targets=("$@") || targets=(clienthello proxyheader config)
+[ $# -gt 0 ] && targets=("$@") || targets=(clienthello proxyheader httphead config)
 toolchain=+nightly
 if ! cargo +nightly --version >/dev/null 2>&1; then
   toolchain=
@@ -29,7 +29,7 @@ mkdir -p "$logs"
 # and small caps in the header reach every TooLarge path; the proxyheader
 # stream covers the 4 KiB header cap and what follows) and the per-input
 # time limit that counts as a hang (a parse takes microseconds).
-declare -A max_len=([clienthello]=4096 [proxyheader]=8192 [config]=8192)
+declare -A max_len=([clienthello]=4096 [proxyheader]=8192 [httphead]=4096 [config]=8192)
 pids=()
 for target in "${targets[@]}"; do
   mkdir -p "corpus/$target"

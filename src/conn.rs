@@ -1,16 +1,17 @@
 //! The story of one client connection, from accept to close, and its single
 //! [`Outcome`]: (from a trusted balancer: read its PROXY header, admit the
-//! client it names), read the hello, check the policy, pick the route, check
-//! its `allow` list, connect,
-//! replay the hello, relay. Every early exit is an `Err(Outcome)`; [`finish`]
-//! writes the one log line, the one metric update and the strike.
+//! client it names), read the head — the TLS ClientHello, or on `[http]`
+//! listeners the HTTP request head — and pick the route from it, check its
+//! `allow` list, connect, replay the head, relay. Only the head step knows
+//! the listener's [`Protocol`]. Every early exit is an `Err(Outcome)`;
+//! [`finish`] writes the one log line, the one metric update and the strike.
 //!
 //! Who the connection is from is its [`Source`]: the peer itself, or the
 //! client a trusted balancer's header names, which then stands in for the
 //! peer everywhere (admission, `allow`, strikes, log, the backend's PROXY
 //! header). A balancer itself is never struck.
 //!
-//! The client socket reaches [`start`] unregistered: if its hello is already
+//! The client socket reaches [`start`] unregistered: if its head is already
 //! there (always with `defer_accept`), a refusal costs accept + read + close,
 //! with no registration with the reactor and no timer.
 
@@ -25,10 +26,21 @@ use crate::accesslog::Entry;
 use crate::clienthello::ClientHello;
 use crate::config::{ProxyProtocol, Route};
 use crate::forward::{self, RelayOptions};
+use crate::httphead::{self, Request};
 use crate::outcome::Outcome;
-use crate::peek;
+use crate::peek::{self, Head};
 use crate::proxyheader::Endpoints;
 use crate::shared::{Shared, Slot, Snapshot};
+
+/// What a listener's clients send first, so how a connection is routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// A TLS ClientHello, routed by its SNI to a route's `backends` (`listen`).
+    Tls,
+    /// A plain HTTP/1.x request, routed by its `Host` to a route's
+    /// `http_backends` (`[http] listen`).
+    Http,
+}
 
 /// Who a connection speaks for: decided at accept (a trusted balancer or
 /// not), then by a balancer's PROXY header.
@@ -77,6 +89,7 @@ impl Socket {
 pub fn start(
     shared: &Arc<Shared>,
     snapshot: Arc<Snapshot>,
+    protocol: Protocol,
     client: std::net::TcpStream,
     source: Source,
     accepted: Instant,
@@ -89,6 +102,7 @@ pub fn start(
         let served = serve(
             &shared,
             &snapshot,
+            protocol,
             client,
             &mut source,
             accepted,
@@ -122,6 +136,7 @@ pub fn finish(shared: &Shared, source: Source, outcome: Outcome, entry: &Entry, 
 async fn serve(
     shared: &Shared,
     snapshot: &Snapshot,
+    protocol: Protocol,
     client: std::net::TcpStream,
     source: &mut Source,
     accepted: Instant,
@@ -129,17 +144,16 @@ async fn serve(
 ) -> Result<(), Outcome> {
     let config = &snapshot.config;
     let limits = &config.limits;
-    let max_len = limits.max_client_hello;
     let deadline = accepted + limits.client_hello_timeout;
-    let mut hello_bytes = Vec::new();
+    let mut head = Vec::new();
 
     // A trusted balancer speaks first: its PROXY header names the client,
     // who is then admitted (bans, rate limit) as if it had connected itself.
-    // The bytes after the header are the start of the hello.
+    // The bytes after the header are the start of the head.
     let client = match *source {
         Source::Balancer(balancer) => {
             let (client, named) =
-                read_proxy_header(snapshot, client, balancer, deadline, &mut hello_bytes).await?;
+                read_proxy_header(snapshot, client, balancer, deadline, &mut head).await?;
             *source = named;
             if let Source::Proxied { client, .. } = named {
                 shared.guard.admit(client.ip())?;
@@ -150,32 +164,38 @@ async fn serve(
     };
     let peer = source.addr();
 
-    // When the hello is already here (always with `defer_accept`; otherwise
-    // only when the accept queue was backed up: it usually arrives a few
-    // microseconds after the handshake), a refusal costs no registration
-    // with the reactor and no timer. Else the socket waits in the reactor.
-    let early = match &client {
-        Socket::Fresh(client) => peek::read_now(client, max_len, &mut hello_bytes),
-        Socket::Registered(_) => peek::decide(&hello_bytes, max_len),
-    };
-    let (index, client) = match early {
-        Some(verdict) => {
-            hello_seconds(shared, accepted);
-            (choose(snapshot, verdict?, entry)?, client.register()?)
+    // Read the head (kept, to replay it) and pick the route from it.
+    let (index, client) = match protocol {
+        Protocol::Tls => {
+            let choose = |hello| choose(snapshot, hello, entry);
+            read_head(
+                shared,
+                snapshot,
+                client,
+                accepted,
+                &mut head,
+                peek::Tls,
+                choose,
+            )
+            .await?
         }
-        None => {
-            let mut client = client.register()?;
-            let hello =
-                peek::read_client_hello(&mut client, max_len, deadline, &mut hello_bytes).await;
-            hello_seconds(shared, accepted);
-            (choose(snapshot, hello?, entry)?, client)
+        Protocol::Http => {
+            let choose = |request| choose_http(snapshot, request, entry);
+            let reader = httphead::Reader::default();
+            read_head(
+                shared, snapshot, client, accepted, &mut head, reader, choose,
+            )
+            .await?
         }
     };
     let (route, meters) = snapshot.route(index).ok_or(Outcome::UnknownSni)?;
     entry.route = Some(route.name.clone());
     allowed(route, peer)?;
 
-    let pool = snapshot.pool(index).ok_or(Outcome::UnknownSni)?;
+    let pool = match protocol {
+        Protocol::Tls => snapshot.pool(index).ok_or(Outcome::UnknownSni)?,
+        Protocol::Http => snapshot.http_pool(index).ok_or(Outcome::UnknownHost)?,
+    };
     let started = Instant::now();
     let (mut backend, lease) = pool.connect(limits.connect_timeout).await.map_err(|e| {
         tracing::warn!(route = %route.name, "no backend reachable: {}", e.last);
@@ -188,10 +208,10 @@ async fn serve(
     let backend_addr = lease.addr();
     entry.backend = Some(backend_addr);
 
-    // The PROXY header (if any) and the hello go out in one write.
-    let client_bytes = hello_bytes.len() as u64;
+    // The PROXY header (if any) and the head go out in one write.
+    let client_bytes = head.len() as u64;
     let preamble = match route.proxy_protocol {
-        ProxyProtocol::None => hello_bytes,
+        ProxyProtocol::None => head,
         kind => {
             let local = match *source {
                 Source::Proxied { to, .. } => to,
@@ -200,20 +220,20 @@ async fn serve(
                 }
             };
             // A PROXY header is at most 107 bytes (v1; v2 is at most 52).
-            let mut preamble = Vec::with_capacity(hello_bytes.len() + 107);
+            let mut preamble = Vec::with_capacity(head.len() + 107);
             forward::proxy_header(kind, peer, local, &mut preamble);
-            preamble.extend_from_slice(&hello_bytes);
+            preamble.extend_from_slice(&head);
             preamble
         }
     };
     if let Err(e) = backend.write_all(&preamble).await {
-        tracing::warn!(route = %route.name, %backend_addr, "backend closed before the hello: {e}");
+        tracing::warn!(route = %route.name, %backend_addr, "backend closed before the head: {e}");
         meters.backend_errors.increment(1);
         return Err(Outcome::BackendError);
     }
     drop(preamble);
 
-    // Routed from here on: small TLS records must not wait for Nagle.
+    // Routed from here on: small records and responses must not wait for Nagle.
     let _ = client.set_nodelay(true);
     meters.routed.increment(1);
     meters.bytes.up.increment(client_bytes);
@@ -229,6 +249,42 @@ async fn serve(
         tracing::debug!(%peer, route = %route.name, "relay ended: {e}");
     }
     Ok(())
+}
+
+/// Reads the head with `parser` (after what `buf` already holds) and picks
+/// its route with `choose`. When the head is already here (always with
+/// `defer_accept`; otherwise only when the accept queue was backed up: it
+/// usually arrives a few microseconds after the handshake), a refusal costs
+/// no registration with the reactor and no timer. Else the socket waits in
+/// the reactor, until the hello timeout.
+async fn read_head<H: Head>(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    client: Socket,
+    accepted: Instant,
+    buf: &mut Vec<u8>,
+    mut parser: H,
+    choose: impl FnOnce(H::Parsed) -> Result<usize, Outcome>,
+) -> Result<(usize, TcpStream), Outcome> {
+    let limits = &snapshot.config.limits;
+    let max_len = limits.max_client_hello;
+    let early = match &client {
+        Socket::Fresh(client) => peek::read_now(client, max_len, buf, &mut parser),
+        Socket::Registered(_) => peek::decide(&mut parser, buf, max_len),
+    };
+    match early {
+        Some(verdict) => {
+            hello_seconds(shared, accepted);
+            Ok((choose(verdict?)?, client.register()?))
+        }
+        None => {
+            let mut client = client.register()?;
+            let deadline = accepted + limits.client_hello_timeout;
+            let verdict = peek::read_head(&mut client, max_len, deadline, buf, &mut parser).await;
+            hello_seconds(shared, accepted);
+            Ok((choose(verdict?)?, client))
+        }
+    }
 }
 
 /// Reads a trusted balancer's PROXY header into `buf` and leaves there only
@@ -278,6 +334,18 @@ fn choose(snapshot: &Snapshot, hello: ClientHello, entry: &mut Entry) -> Result<
     picked
 }
 
+/// The route for an HTTP request's host (the one a hello without ALPN
+/// would get), if it has `http_backends`; notes the host in `entry` (the
+/// log's `sni` field).
+fn choose_http(snapshot: &Snapshot, request: Request, entry: &mut Entry) -> Result<usize, Outcome> {
+    entry.sni = Some(request.host.as_str().to_owned());
+    snapshot
+        .routes
+        .lookup(&request.host)
+        .filter(|&index| snapshot.http_pool(index).is_some())
+        .ok_or(Outcome::UnknownHost)
+}
+
 /// The route's `allow` list: a source outside it ends `denied`.
 fn allowed(route: &Route, peer: SocketAddr) -> Result<(), Outcome> {
     match &route.allow {
@@ -286,7 +354,7 @@ fn allowed(route: &Route, peer: SocketAddr) -> Result<(), Outcome> {
     }
 }
 
-/// Time from accept to the hello's verdict.
+/// Time from accept to the head's verdict.
 fn hello_seconds(shared: &Shared, accepted: Instant) {
     shared
         .metrics

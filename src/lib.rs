@@ -2,7 +2,8 @@
 //!
 //! Module map (one owner per concern):
 //! - `config`: file -> typed [`config::Config`], every error with its place;
-//! - `clienthello`: PURE bytes -> verdict; `peek`: read the hello off a socket;
+//! - `clienthello`: PURE bytes -> verdict; `httphead`: the same for a plain
+//!   HTTP/1.x request head (`[http]` listeners); `peek`: read either off a socket;
 //! - `routes`: name (+ ALPN) -> route; `cidr`: a route's `allow` set;
 //!   `balance`: a route's backend pool (policy, health, checks);
 //! - `guard`: strikes, bans, rate limits;
@@ -30,6 +31,7 @@ pub mod firewall;
 pub mod forward;
 pub mod guard;
 pub mod hostname;
+pub mod httphead;
 pub mod lifecycle;
 pub mod listener;
 pub mod logging;

@@ -1,5 +1,6 @@
 //! Accept loops: accept, admit (bans, rate limit), take a slot under
-//! `max_connections`, hand the socket to [`conn::start`]. Nothing here waits
+//! `max_connections`, hand the socket to [`conn::start`] with the listener's
+//! [`Protocol`] (TLS, or plain HTTP). Nothing here waits
 //! on a client.
 //!
 //! Accepted sockets are plain non-blocking `std` sockets, not yet registered
@@ -12,13 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustix::net::SocketFlags;
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Socket, Type};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::accesslog::Entry;
-use crate::conn::{self, Source};
+use crate::conn::{self, Protocol, Source};
 use crate::outcome::Outcome;
 use crate::shared::Shared;
 
@@ -39,7 +40,11 @@ const ACCEPT_BATCH: usize = 64;
 /// listeners v6-only (so `[::]:443` can sit beside `0.0.0.0:443`), non-blocking,
 /// and `defer_accept` set before the first connection can arrive.
 pub fn bind(addr: SocketAddr, defer_accept: bool) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
@@ -51,10 +56,11 @@ pub fn bind(addr: SocketAddr, defer_accept: bool) -> io::Result<std::net::TcpLis
     Ok(socket.into())
 }
 
-/// Accepts on `listener` until `stop` turns true.
+/// Accepts on `listener` until `stop` turns true; its clients speak `protocol`.
 pub async fn accept_loop(
     listener: Arc<AsyncFd<std::net::TcpListener>>,
     shared: Arc<Shared>,
+    protocol: Protocol,
     mut stop: watch::Receiver<bool>,
 ) {
     // Exhaustion is logged once per episode, not on every retry.
@@ -82,7 +88,7 @@ pub async fn accept_loop(
                     if std::mem::take(&mut exhausted) {
                         tracing::info!("accepting again");
                     }
-                    admit(&shared, stream, peer);
+                    admit(&shared, stream, peer, protocol);
                 }
                 Err(e) if is_exhaustion(&e) => {
                     if !std::mem::replace(&mut exhausted, true) {
@@ -126,7 +132,7 @@ fn is_exhaustion(e: &io::Error) -> bool {
 /// Decides at accept time; a refused connection is closed before a byte is
 /// read. A trusted balancer is not checked against bans and rate limits: the
 /// client its PROXY header names is, in `conn`.
-fn admit(shared: &Arc<Shared>, stream: std::net::TcpStream, peer: SocketAddr) {
+fn admit(shared: &Arc<Shared>, stream: std::net::TcpStream, peer: SocketAddr, protocol: Protocol) {
     let accepted = Instant::now();
     let source = if shared.trusts(peer.ip()) {
         Source::Balancer(peer)
@@ -152,5 +158,5 @@ fn admit(shared: &Arc<Shared>, stream: std::net::TcpStream, peer: SocketAddr) {
         );
         return;
     };
-    conn::start(shared, snapshot, stream, source, accepted, slot);
+    conn::start(shared, snapshot, protocol, stream, source, accepted, slot);
 }

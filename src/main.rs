@@ -210,6 +210,10 @@ fn run(path: PathBuf) -> ExitCode {
             "sniroute {} listening on {addrs:?}",
             env!("CARGO_PKG_VERSION")
         );
+        let http = server.local_addrs_of(sniroute::conn::Protocol::Http);
+        if !http.is_empty() {
+            tracing::info!("plain HTTP (routed by Host) on {http:?}");
+        }
         server.run(rx).await
     });
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));

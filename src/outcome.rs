@@ -15,6 +15,15 @@ pub enum Outcome {
     NoSni,
     /// The first bytes are not a TLS handshake (HTTP, SSLv2, garbage, bad framing).
     NotTls,
+    /// `[http]` listeners: a valid request head whose host matches no route
+    /// with `http_backends`.
+    UnknownHost,
+    /// `[http]` listeners: a request head without a usable `Host` (none,
+    /// also for HTTP/1.0, or one that is not a host name).
+    NoHost,
+    /// `[http]` listeners: the first bytes are not an HTTP/1.x request head
+    /// sniroute serves (TLS, garbage, `CONNECT`, header tricks).
+    NotHttp,
     /// No complete ClientHello within `limits.client_hello_timeout`.
     Timeout,
     /// The ClientHello is larger than `limits.max_client_hello`.
@@ -38,11 +47,14 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in a fixed order (for pre-registered metrics).
-    pub const ALL: [Outcome; 13] = [
+    pub const ALL: [Outcome; 16] = [
         Outcome::Routed,
         Outcome::UnknownSni,
         Outcome::NoSni,
         Outcome::NotTls,
+        Outcome::UnknownHost,
+        Outcome::NoHost,
+        Outcome::NotHttp,
         Outcome::Timeout,
         Outcome::TooLarge,
         Outcome::Policy,
@@ -56,10 +68,13 @@ impl Outcome {
 
     /// The outcomes `ban.strike_on` accepts: ones a client causes before
     /// routing (also the `reason` labels of `sniroute_strikes_total`).
-    pub const STRIKABLE: [Outcome; 7] = [
+    pub const STRIKABLE: [Outcome; 10] = [
         Outcome::UnknownSni,
         Outcome::NoSni,
         Outcome::NotTls,
+        Outcome::UnknownHost,
+        Outcome::NoHost,
+        Outcome::NotHttp,
         Outcome::Timeout,
         Outcome::Policy,
         Outcome::TooLarge,
@@ -73,6 +88,9 @@ impl Outcome {
             Outcome::UnknownSni => "unknown_sni",
             Outcome::NoSni => "no_sni",
             Outcome::NotTls => "not_tls",
+            Outcome::UnknownHost => "unknown_host",
+            Outcome::NoHost => "no_host",
+            Outcome::NotHttp => "not_http",
             Outcome::Timeout => "timeout",
             Outcome::TooLarge => "too_large",
             Outcome::Policy => "policy",

@@ -1,13 +1,15 @@
-//! Reads the first bytes off a fresh client socket: the ClientHello, and
-//! before it the PROXY header of a trusted balancer. Into a bounded buffer,
-//! within the hello timeout, deciding only when the parser can. The bytes are
-//! kept so the connection handler can replay them to the backend.
+//! Reads the first bytes off a fresh client socket: the head — the
+//! ClientHello, or on `[http]` listeners the HTTP request head, each judged
+//! by its parser ([`Head`]) — and before it the PROXY header of a trusted
+//! balancer. Into a bounded buffer, within the hello timeout, deciding only
+//! when the parser can. The bytes are kept so the connection handler can
+//! replay them to the backend.
 //!
 //! Two steps for each: one non-blocking read right after accept
 //! ([`read_now`], [`read_header_now`]: the bytes are there with
 //! `defer_accept`, or when the accept queue was backed up; otherwise they
 //! usually arrive a few microseconds after the handshake), then, only if the
-//! parser needs more, [`read_client_hello`] / [`read_proxy_header`] wait for
+//! parser needs more, [`read_head`] / [`read_proxy_header`] wait for
 //! the rest on the registered socket. Every function appends to the buffer
 //! it is given and decides on all of it, so the bytes a balancer sent after
 //! its header are the start of the hello.
@@ -20,7 +22,8 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::clienthello::{self, ClientHello, Verdict};
+use crate::clienthello::{self, ClientHello};
+use crate::httphead;
 use crate::outcome::Outcome;
 use crate::proxyheader::{self, Header};
 
@@ -29,7 +32,43 @@ use crate::proxyheader::{self, Header};
 const FIRST_READ: usize = 2048;
 
 /// What the client has sent so far decided the connection, or not yet.
-pub type Early = Option<Result<ClientHello, Outcome>>;
+pub type Early<T> = Option<Result<T, Outcome>>;
+
+/// A parser of the head a client sends first: given every byte so far
+/// (each time starting with the bytes it was given before), its verdict, or
+/// `None` while it needs more.
+pub trait Head {
+    /// What a complete head tells.
+    type Parsed;
+    /// Judges `buf` against the cap `max_len`.
+    fn judge(&mut self, buf: &[u8], max_len: usize) -> Early<Self::Parsed>;
+}
+
+/// The TLS ClientHello ([`clienthello::parse`]; it keeps no state).
+pub struct Tls;
+
+impl Head for Tls {
+    type Parsed = ClientHello;
+    fn judge(&mut self, buf: &[u8], max_len: usize) -> Early<ClientHello> {
+        match clienthello::parse(buf, max_len) {
+            clienthello::Verdict::NeedMore => None,
+            clienthello::Verdict::Hello(hello) => Some(Ok(hello)),
+            clienthello::Verdict::Reject(outcome) => Some(Err(outcome)),
+        }
+    }
+}
+
+/// The HTTP/1.x request head, read incrementally ([`httphead::Reader`]).
+impl Head for httphead::Reader {
+    type Parsed = httphead::Request;
+    fn judge(&mut self, buf: &[u8], max_len: usize) -> Early<httphead::Request> {
+        match self.read(buf, max_len) {
+            httphead::Verdict::NeedMore => None,
+            httphead::Verdict::Request(request) => Some(Ok(request)),
+            httphead::Verdict::Reject(outcome) => Some(Err(outcome)),
+        }
+    }
+}
 
 /// What a trusted balancer has sent so far decided its header, or not yet.
 pub type EarlyHeader = Option<Result<Header, Outcome>>;
@@ -50,13 +89,18 @@ enum Read1 {
 ///
 /// A client that already closed or reset ends as `Timeout` ("no full
 /// ClientHello"), like one that stalls.
-pub fn read_now(stream: &std::net::TcpStream, max_len: usize, buf: &mut Vec<u8>) -> Early {
-    if let Some(verdict) = decide(buf, max_len) {
+pub fn read_now<H: Head>(
+    stream: &std::net::TcpStream,
+    max_len: usize,
+    buf: &mut Vec<u8>,
+    head: &mut H,
+) -> Early<H::Parsed> {
+    if let Some(verdict) = decide(head, buf, max_len) {
         return Some(verdict);
     }
     let limit = (buf.len() + FIRST_READ).min(max_len + 1);
     match read_some_now(stream, limit, buf) {
-        Read1::Bytes => decide(buf, max_len),
+        Read1::Bytes => decide(head, buf, max_len),
         Read1::Nothing => None,
         Read1::Closed => Some(Err(Outcome::Timeout)),
     }
@@ -65,16 +109,17 @@ pub fn read_now(stream: &std::net::TcpStream, max_len: usize, buf: &mut Vec<u8>)
 /// Reads on from what [`read_now`] left in `buf` until the parser decides,
 /// at most `max_len` bytes, until `deadline`.
 ///
-/// `buf` receives every byte read (the hello and anything the client sent
-/// after it). A client that closes or resets before a whole hello arrived
+/// `buf` receives every byte read (the head and anything the client sent
+/// after it). A client that closes or resets before a whole head arrived
 /// ends as `Timeout` ("no full ClientHello"), like one that stalls.
-pub async fn read_client_hello(
+pub async fn read_head<H: Head>(
     stream: &mut TcpStream,
     max_len: usize,
     deadline: Instant,
     buf: &mut Vec<u8>,
-) -> Result<ClientHello, Outcome> {
-    let judge = |buf: &[u8]| decide(buf, max_len);
+    head: &mut H,
+) -> Result<H::Parsed, Outcome> {
+    let judge = |buf: &[u8]| decide(head, buf, max_len);
     let read = read_until(stream, max_len + 1, buf, judge);
     match tokio::time::timeout_at(deadline, read).await {
         Ok(Some(verdict)) => verdict,
@@ -84,15 +129,13 @@ pub async fn read_client_hello(
 
 /// The parser's verdict on `buf`, `None` while it needs more and the cap
 /// still allows more. For bytes already read (after a PROXY header).
-pub fn decide(buf: &[u8], max_len: usize) -> Early {
+pub fn decide<H: Head>(head: &mut H, buf: &[u8], max_len: usize) -> Early<H::Parsed> {
     if buf.is_empty() {
         return None;
     }
-    match clienthello::parse(buf, max_len) {
-        Verdict::NeedMore if buf.len() > max_len => Some(Err(Outcome::TooLarge)),
-        Verdict::NeedMore => None,
-        Verdict::Hello(hello) => Some(Ok(hello)),
-        Verdict::Reject(outcome) => Some(Err(outcome)),
+    match head.judge(buf, max_len) {
+        None if buf.len() > max_len => Some(Err(Outcome::TooLarge)),
+        verdict => verdict,
     }
 }
 
@@ -182,7 +225,7 @@ async fn read_until<T>(
     stream: &mut TcpStream,
     limit: usize,
     buf: &mut Vec<u8>,
-    judge: impl Fn(&[u8]) -> Option<T>,
+    mut judge: impl FnMut(&[u8]) -> Option<T>,
 ) -> Option<T> {
     buf.reserve(FIRST_READ.min(limit).saturating_sub(buf.len()));
     loop {

@@ -17,6 +17,7 @@ use crate::accesslog::AccessLog;
 use crate::admin::AdminServer;
 use crate::balance::Checks;
 use crate::config::{self, Config};
+use crate::conn::Protocol;
 use crate::crowdsec::{self, Crowdsec};
 use crate::firewall::Firewall;
 use crate::guard::Guard;
@@ -29,35 +30,45 @@ use crate::shared::{Shared, Snapshot};
 pub struct Server {
     shared: Arc<Shared>,
     config_path: Option<PathBuf>,
-    /// Keyed by the configured address (which may say port 0).
-    listeners: Vec<(SocketAddr, std::net::TcpListener)>,
+    /// Each with the configured address it stands for (which may say port
+    /// 0) and what its clients speak.
+    listeners: Vec<Bound>,
     /// Listeners handed over by systemd socket activation: a reload never
     /// adds or removes listeners then (systemd owns them).
     activated: bool,
 }
 
+/// A listening socket, the configured address it stands for, and what its
+/// clients speak.
+pub type Bound = (SocketAddr, Protocol, std::net::TcpListener);
+
+/// Every listener `config` asks for: `listen` (TLS) and `[http] listen`.
+fn wanted(config: &Config) -> Vec<(SocketAddr, Protocol)> {
+    let tls = config.listen.iter().map(|&a| (a, Protocol::Tls));
+    let http = config.http.listen.iter().map(|&a| (a, Protocol::Http));
+    tls.chain(http).collect()
+}
+
 impl Server {
-    /// Builds the server and binds every `listen` address of `config`.
-    /// `config_path` is what a reload reads.
+    /// Builds the server and binds every `listen` and `[http] listen`
+    /// address of `config`. `config_path` is what a reload reads.
     pub fn bind(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Server> {
-        let listeners = config
-            .listen
-            .iter()
-            .map(|&addr| {
+        let listeners = wanted(&config)
+            .into_iter()
+            .map(|(addr, protocol)| {
                 let l = listener::bind(addr, config.defer_accept)
                     .with_context(|| format!("cannot listen on {addr}"))?;
-                Ok((addr, l))
+                Ok((addr, protocol, l))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Server::with_listeners(config, config_path, listeners)
     }
 
-    /// Builds the server on listeners bound elsewhere (tests, socket activation),
-    /// each paired with the configured address it stands for.
+    /// Builds the server on listeners bound elsewhere (tests, socket activation).
     pub fn with_listeners(
         config: Config,
         config_path: Option<PathBuf>,
-        listeners: Vec<(SocketAddr, std::net::TcpListener)>,
+        listeners: Vec<Bound>,
     ) -> anyhow::Result<Server> {
         crate::metrics::install();
         let guard =
@@ -74,7 +85,9 @@ impl Server {
     }
 
     /// Builds the server on sockets passed by systemd (`LISTEN_FDS`); the
-    /// config's `listen` is then ignored, also on reload.
+    /// config's `listen` and `[http] listen` then only say which sockets
+    /// serve plain HTTP (those bound to an `[http] listen` address; the rest
+    /// serve TLS), and no reload adds or removes a listener.
     pub fn activated(
         config: Config,
         config_path: Option<PathBuf>,
@@ -85,7 +98,13 @@ impl Server {
             .map(|l| {
                 l.set_nonblocking(true)?;
                 crate::sys::set_defer_accept(&l, config.defer_accept)?;
-                Ok((l.local_addr()?, l))
+                let addr = l.local_addr()?;
+                let protocol = if config.http.listen.contains(&addr) {
+                    Protocol::Http
+                } else {
+                    Protocol::Tls
+                };
+                Ok((addr, protocol, l))
             })
             .collect::<std::io::Result<Vec<_>>>()
             .context("unusable socket from systemd")?;
@@ -94,11 +113,18 @@ impl Server {
         Ok(server)
     }
 
-    /// The addresses actually bound (port 0 resolved).
+    /// The TLS listeners' addresses actually bound (port 0 resolved).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.local_addrs_of(Protocol::Tls)
+    }
+
+    /// The addresses actually bound (port 0 resolved) of the listeners
+    /// whose clients speak `protocol`.
+    pub fn local_addrs_of(&self, protocol: Protocol) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|(_, l)| l.local_addr().ok())
+            .filter(|(_, p, _)| *p == protocol)
+            .filter_map(|(_, _, l)| l.local_addr().ok())
             .collect()
     }
 
@@ -110,17 +136,20 @@ impl Server {
     /// Serves until `Control::Stop` (or the channel closes), then drains.
     pub async fn run(self, mut control: mpsc::Receiver<Control>) -> anyhow::Result<()> {
         let shared = self.shared;
-        // Kernel bans are in place before the first connection is accepted.
+        // Kernel bans are in place before the first connection is accepted,
+        // on the TLS and the plain-HTTP ports alike.
         let bound: Vec<SocketAddr> = self
             .listeners
             .iter()
-            .filter_map(|(_, l)| l.local_addr().ok())
+            .filter_map(|(_, _, l)| l.local_addr().ok())
             .collect();
         let mut firewall =
             Firewall::start(&shared.snapshot().config, &bound, Arc::clone(&shared.guard)).await?;
         let mut accepting = Accepting::default();
-        for (addr, l) in self.listeners {
-            accepting.start(addr, l, &shared)?;
+        for (addr, protocol, l) in self.listeners {
+            let listener = crate::sys::register_listener(l)
+                .with_context(|| format!("cannot register listener {addr}"))?;
+            accepting.start(addr, protocol, Arc::new(listener), &shared);
         }
         let metrics_task = start_metrics(&shared.snapshot().config).await?;
         let mut crowdsec = CrowdsecSlot::default();
@@ -144,7 +173,7 @@ impl Server {
         };
         // Health checks of the routes in force; replaced on reload (the old
         // ones stop when dropped), stopped at the end.
-        let mut checks = Checks::start(&shared.snapshot().pools);
+        let mut checks = Checks::start(shared.snapshot().all_pools());
         lifecycle::notify_ready();
 
         loop {
@@ -163,7 +192,7 @@ impl Server {
                     );
                     if result.is_ok() {
                         // The new routes' checks start; the old ones stop.
-                        checks = Checks::start(&shared.snapshot().pools);
+                        checks = Checks::start(shared.snapshot().all_pools());
                         if let Err(e) = crowdsec.follow(&shared) {
                             tracing::error!(
                                 "crowdsec: cannot restart with the reloaded config: {e:#}"
@@ -262,10 +291,11 @@ impl CrowdsecSlot {
     }
 }
 
-/// Accept loops by configured address.
+/// Accept loops by configured address and protocol (port 0 may be
+/// configured for both).
 #[derive(Default)]
 struct Accepting {
-    loops: HashMap<SocketAddr, AcceptLoop>,
+    loops: HashMap<(SocketAddr, Protocol), AcceptLoop>,
 }
 
 struct AcceptLoop {
@@ -275,19 +305,20 @@ struct AcceptLoop {
 }
 
 impl Accepting {
+    /// Starts accepting `protocol` clients on `listener` (registered with
+    /// the reactor).
     fn start(
         &mut self,
         addr: SocketAddr,
-        listener: std::net::TcpListener,
+        protocol: Protocol,
+        listener: Arc<AsyncFd<std::net::TcpListener>>,
         shared: &Arc<Shared>,
-    ) -> anyhow::Result<()> {
-        let listener = crate::sys::register_listener(listener)
-            .with_context(|| format!("cannot register listener {addr}"))?;
-        let listener = Arc::new(listener);
+    ) {
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(listener::accept_loop(
             Arc::clone(&listener),
             Arc::clone(shared),
+            protocol,
             stopped,
         ));
         let accept_loop = AcceptLoop {
@@ -295,12 +326,13 @@ impl Accepting {
             stop,
             _task: task,
         };
-        self.loops.insert(addr, accept_loop);
-        Ok(())
+        if let Some(old) = self.loops.insert((addr, protocol), accept_loop) {
+            let _ = old.stop.send(true);
+        }
     }
 
-    fn stop(&mut self, addr: &SocketAddr) {
-        if let Some(accept_loop) = self.loops.remove(addr) {
+    fn stop(&mut self, key: &(SocketAddr, Protocol)) {
+        if let Some(accept_loop) = self.loops.remove(key) {
             let _ = accept_loop.stop.send(true);
         }
     }
@@ -315,7 +347,7 @@ impl Accepting {
 
     /// Applies `defer_accept` to every listener (new ones have it already).
     fn set_defer_accept(&self, on: bool) -> Result<(), String> {
-        for (addr, accept_loop) in &self.loops {
+        for ((addr, _), accept_loop) in &self.loops {
             crate::sys::set_defer_accept(accept_loop.listener.get_ref(), on)
                 .map_err(|e| format!("cannot set defer_accept on {addr}: {e}"))?;
         }
@@ -323,9 +355,9 @@ impl Accepting {
     }
 
     fn stop_all(&mut self) {
-        let addrs: Vec<SocketAddr> = self.loops.keys().copied().collect();
-        for addr in addrs {
-            self.stop(&addr);
+        let keys: Vec<_> = self.loops.keys().copied().collect();
+        for key in keys {
+            self.stop(&key);
         }
     }
 }
@@ -364,15 +396,16 @@ fn apply_config(
     let path = path.ok_or("no config file to reload from")?;
     let config = config::load(path).map_err(|e| e.to_string())?;
     if follow_listen {
-        accepting.follow(&config.listen, config.defer_accept, shared)?;
+        accepting.follow(&wanted(&config), config.defer_accept, shared)?;
     }
     accepting.set_defer_accept(config.defer_accept)?;
     shared.guard.reconfigure(&config.ban, &config.rate_limit);
     shared.log.reopen();
     firewall.reconfigure(&config, &accepting.bound());
     let summary = format!(
-        "config reloaded: {} listeners, {} routes",
+        "config reloaded: {} listeners, {} plain-HTTP listeners, {} routes",
         config.listen.len(),
+        config.http.listen.len(),
         config.routes.len()
     );
     crate::metrics::limits(config.limits.max_connections);
@@ -381,33 +414,54 @@ fn apply_config(
 }
 
 impl Accepting {
-    /// Starts and stops accept loops so they match `listen`. New addresses are
-    /// bound first, so one that cannot be bound refuses the reload untouched.
+    /// Starts and stops accept loops so they match `listen` (each address
+    /// with what its clients speak). New addresses are bound and registered
+    /// first, so one that cannot be refuses the reload untouched. An address
+    /// that moves between `listen` and `[http] listen` keeps its socket (no
+    /// connection in its queue is lost) under a new loop.
     fn follow(
         &mut self,
-        listen: &[SocketAddr],
+        listen: &[(SocketAddr, Protocol)],
         defer_accept: bool,
         shared: &Arc<Shared>,
     ) -> Result<(), String> {
-        let mut new_listeners = Vec::new();
-        for &addr in listen {
-            if !self.loops.contains_key(&addr) {
-                let l = listener::bind(addr, defer_accept)
-                    .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-                new_listeners.push((addr, l));
+        let mut new_loops = Vec::new();
+        for &(addr, protocol) in listen {
+            if self.loops.contains_key(&(addr, protocol)) {
+                continue;
             }
+            let other = match protocol {
+                Protocol::Tls => Protocol::Http,
+                Protocol::Http => Protocol::Tls,
+            };
+            let moved = self
+                .loops
+                .get(&(addr, other))
+                .filter(|_| addr.port() != 0)
+                .map(|l| Arc::clone(&l.listener));
+            let l = match moved {
+                Some(l) => l,
+                None => {
+                    let l = listener::bind(addr, defer_accept)
+                        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+                    let l = crate::sys::register_listener(l)
+                        .map_err(|e| format!("cannot register listener {addr}: {e}"))?;
+                    Arc::new(l)
+                }
+            };
+            new_loops.push((addr, protocol, l));
         }
-        for (addr, l) in new_listeners {
-            self.start(addr, l, shared).map_err(|e| format!("{e:#}"))?;
-        }
-        let gone: Vec<SocketAddr> = self
+        let gone: Vec<(SocketAddr, Protocol)> = self
             .loops
             .keys()
-            .filter(|a| !listen.contains(a))
+            .filter(|key| !listen.contains(key))
             .copied()
             .collect();
-        for addr in &gone {
-            self.stop(addr);
+        for key in &gone {
+            self.stop(key);
+        }
+        for (addr, protocol, l) in new_loops {
+            self.start(addr, protocol, l, shared);
         }
         Ok(())
     }

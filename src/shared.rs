@@ -28,6 +28,9 @@ pub struct Snapshot {
     pub route_metrics: Vec<RouteMetrics>,
     /// Each route's backend pool, parallel to `routes.routes()`.
     pub pools: Vec<Arc<Pool>>,
+    /// Each route's pool of `http_backends` (`None` without), parallel to
+    /// `routes.routes()`: same `balance` and `health_check` as `backends`.
+    pub http_pools: Vec<Option<Arc<Pool>>>,
 }
 
 impl Snapshot {
@@ -49,11 +52,29 @@ impl Snapshot {
             .iter()
             .map(|r| Arc::new(Pool::new(r, previous.and_then(|p| p.pool_named(&r.name)))))
             .collect();
+        let http_pools = routes
+            .routes()
+            .iter()
+            .map(|r| {
+                (!r.http_backends.is_empty()).then(|| {
+                    let previous = previous.and_then(|p| p.http_pool_named(&r.name));
+                    let (balance, check) = (r.balance, r.health_check);
+                    Arc::new(Pool::of(
+                        &r.name,
+                        &r.http_backends,
+                        balance,
+                        check,
+                        previous,
+                    ))
+                })
+            })
+            .collect();
         Snapshot {
             config,
             routes,
             route_metrics,
             pools,
+            http_pools,
         }
     }
 
@@ -67,9 +88,24 @@ impl Snapshot {
         self.pools.get(index).map(|p| &**p)
     }
 
+    /// The pool of the `http_backends` of the route at `index`, if it has any.
+    pub fn http_pool(&self, index: usize) -> Option<&Pool> {
+        self.http_pools.get(index)?.as_deref()
+    }
+
+    /// Every pool, `backends` and `http_backends` (for the health checks).
+    pub fn all_pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.pools.iter().chain(self.http_pools.iter().flatten())
+    }
+
     fn pool_named(&self, name: &str) -> Option<&Pool> {
         let index = self.routes.routes().iter().position(|r| r.name == name)?;
         self.pool(index)
+    }
+
+    fn http_pool_named(&self, name: &str) -> Option<&Pool> {
+        let index = self.routes.routes().iter().position(|r| r.name == name)?;
+        self.http_pool(index)
     }
 }
 

@@ -2,7 +2,8 @@
 //! real HAProxy (`mode tcp`, `send-proxy-v2` and `send-proxy`) in front of an
 //! in-process sniroute, clients at 127.0.0.2, 127.0.0.3 and 127.0.0.4 behind
 //! it, HAProxy itself at 127.0.0.9; and a hand-made balancer at 127.0.0.9
-//! sending every kind of header (and garbage) straight to sniroute.
+//! sending every kind of header (and garbage) straight to sniroute; and a
+//! reload that changes who is trusted.
 //!
 //! The client named in a trusted balancer's header is the source for
 //! everything: it is struck and banned (never the balancer, and never in the
@@ -523,5 +524,49 @@ async fn the_rate_limit_counts_each_named_client_never_the_balancer() {
         assert_eq!(got, routed);
         expect_outcome(&router, client.parse().unwrap(), "routed").await;
     }
+    router.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reload_changes_who_is_trusted_for_new_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = common::spawn_echo_backend().await;
+    let trusting = body(backend, dir.path(), "")
+        .replace("proxy_protocol = \"v2\"\n", "")
+        .replace("enabled = true\n", "enabled = false\n");
+    let untrusting = trusting.replace(&format!("[\"{BALANCER}\"]"), "[]");
+    let router = spawn_router(&untrusting).await;
+    let to = router.addr;
+    let routed = rustls_hello(ROUTED).await;
+    let bytes = cat(&[&header(ProxyProtocol::V1, "198.51.100.5:7", to), &routed]);
+    let reload = |body: &str| {
+        let text = format!(
+            "listen = [\"127.0.0.1:0\"]\n\n{body}\n{}",
+            common::default_sections(body, &router.log_path, None)
+        );
+        std::fs::write(&router.config_path, text).unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let control = router.tx.clone();
+        async move {
+            control
+                .send(sniroute::server::Control::Reload(Some(tx)))
+                .await
+                .unwrap();
+            tokio::time::timeout(WAIT, rx).await.unwrap().unwrap()
+        }
+    };
+
+    let (local, _) = probe(to, BALANCER, &bytes, usize::MAX).await;
+    expect_outcome(&router, local, "not_tls").await;
+
+    reload(&trusting).await.unwrap();
+    let (_, got) = probe(to, BALANCER, &bytes, usize::MAX).await;
+    assert_eq!(got, routed);
+    expect_outcome(&router, "198.51.100.5:7".parse().unwrap(), "routed").await;
+
+    reload(&untrusting).await.unwrap();
+    let (local, got) = probe(to, BALANCER, &bytes, usize::MAX).await;
+    assert!(got.is_empty());
+    expect_outcome(&router, local, "not_tls").await;
     router.stop().await.unwrap();
 }

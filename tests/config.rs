@@ -163,7 +163,7 @@ max_retry = 1                  # strikes within find_time that earn a ban
 find_time = "1h"
 ban_time = "365d"
 ignore = ["127.0.0.1", "192.0.2.10", "2001:db8::/48"]   # never struck, never banned, never rate-limited
-strike_on = ["unknown_sni", "no_sni", "not_tls"]        # also possible: "timeout", "policy", "too_large"
+strike_on = ["unknown_sni", "no_sni", "not_tls", "unknown_host", "no_host", "not_http"]   # also possible: "timeout", "policy", "too_large"
 ipv6_prefix = 64               # IPv6 clients are struck and banned per /64 (one host owns a whole /64)
 state_file = "/var/lib/sniroute/bans.json"   # bans survive restarts and crashes; "" = keep in memory only
 
@@ -248,8 +248,17 @@ fn a_minimal_config_gets_the_spec_defaults() {
     );
     assert_eq!(
         c.ban.strike_on,
-        [Outcome::UnknownSni, Outcome::NoSni, Outcome::NotTls]
+        [
+            Outcome::UnknownSni,
+            Outcome::NoSni,
+            Outcome::NotTls,
+            Outcome::UnknownHost,
+            Outcome::NoHost,
+            Outcome::NotHttp
+        ]
     );
+    assert!(c.http.listen.is_empty());
+    assert!(c.routes[0].http_backends.is_empty());
     assert_eq!(c.ban.ipv6_prefix, 64);
     assert_eq!(
         c.ban.state_file,
@@ -385,7 +394,7 @@ fn unknown_keys_everywhere_are_all_reported_with_suggestions() {
             (
                 2,
                 1,
-                "unknown key \"listen_on\" at top level; expected one of: listen, workers, splice, defer_accept, limits, tls, route, unknown, ban, rate_limit, metrics, admin, log, firewall, proxy_protocol, crowdsec"
+                "unknown key \"listen_on\" at top level; expected one of: listen, workers, splice, defer_accept, limits, tls, http, route, unknown, ban, rate_limit, metrics, admin, log, firewall, proxy_protocol, crowdsec"
             ),
             (
                 6,
@@ -1033,4 +1042,93 @@ fn bad_route_policy_keys_point_at_the_value() {
     assert!(msg.contains("at most 64"), "{msg}");
     assert!(Outcome::STRIKABLE.contains(&Outcome::Denied));
     assert!(!parse(MINIMAL).ban.strike_on.contains(&Outcome::Denied));
+}
+
+#[test]
+fn http_listen_and_http_backends_are_typed() {
+    let c = parse(
+        "listen = [\"0.0.0.0:443\"]\n[http]\nlisten = [\"0.0.0.0:80\", \"[::]:80\"]\n\
+         [[route]]\nsni = [\"a.example.org\"]\nbackend = \"10.0.0.5:443\"\nhttp_backends = [\"10.0.0.5:80\", \"[2001:db8::5]:80\"]\n\
+         [[route]]\nsni = [\"b.example.org\"]\nbackend = \"10.0.0.6:443\"\n",
+    );
+    assert_eq!(c.http.listen, [addr("0.0.0.0:80"), addr("[::]:80")]);
+    assert_eq!(
+        c.routes[0].http_backends,
+        [addr("10.0.0.5:80"), addr("[2001:db8::5]:80")]
+    );
+    assert!(c.routes[1].http_backends.is_empty());
+    let summary = c.summary();
+    assert!(
+        summary.contains(
+            "http listen: 0.0.0.0:80, [::]:80 (plain HTTP by Host, 1 route with http_backends)"
+        ),
+        "{summary}"
+    );
+    assert!(
+        summary
+            .contains("a.example.org -> 10.0.0.5:443; plain HTTP -> 10.0.0.5:80, [2001:db8::5]:80"),
+        "{summary}"
+    );
+    // Port 0 in both lists is two kernel-chosen ports, not a clash.
+    let c = parse(
+        "listen = [\"127.0.0.1:0\"]\n[http]\nlisten = [\"127.0.0.1:0\"]\n[[route]]\nsni = [\"a.example.org\"]\nbackend = \"10.0.0.5:443\"\n",
+    );
+    assert_eq!(c.http.listen, [addr("127.0.0.1:0")]);
+}
+
+#[test]
+fn http_mistakes_are_reported_at_their_place() {
+    for (extra, line, col, message) in [
+        (
+            "[http]\nlisten = [\"0.0.0.0:443\"]\n",
+            6,
+            11,
+            "http.listen: 0.0.0.0:443 is also the top-level listen (TLS); a listener serves one protocol; use another port",
+        ),
+        (
+            "[http]\nlisten = [\"127.0.0.1:9151\"]\n",
+            6,
+            11,
+            "http.listen: 127.0.0.1:9151 is also the metrics endpoint (metrics.listen, default 127.0.0.1:9151); use another port",
+        ),
+        (
+            "[http]\nlisten = [\"0.0.0.0:80\", \"0.0.0.0:80\"]\n",
+            6,
+            25,
+            "http.listen: 0.0.0.0:80 is listed twice",
+        ),
+        (
+            "[http]\nlisten = \"0.0.0.0:80\"\n",
+            6,
+            10,
+            "http.listen: expected an array of addresses like [\"0.0.0.0:80\", \"[::]:80\"], found string \"0.0.0.0:80\"",
+        ),
+        (
+            "[http]\nlisen = [\"0.0.0.0:80\"]\n",
+            6,
+            1,
+            "unknown key \"lisen\" in [http] (did you mean \"listen\"?)",
+        ),
+    ] {
+        let (l, c, m) = only_error(&with(extra));
+        assert_eq!((l, c, m.as_str()), (line, col, message), "{extra}");
+    }
+    let route = |keys: &str| {
+        format!(
+            "listen = [\"0.0.0.0:443\"]\n[[route]]\nsni = [\"a.example.org\"]\nbackend = \"10.0.0.5:443\"\n{keys}"
+        )
+    };
+    let (l, c, m) = only_error(&route("http_backends = []\n"));
+    assert_eq!((l, c), (5, 17));
+    assert!(m.starts_with("route[1].http_backends: empty"), "{m}");
+    let (l, c, m) = only_error(&route("http_backends = [\"10.0.0.5\"]\n"));
+    assert_eq!((l, c), (5, 18));
+    assert!(m.starts_with("route[1].http_backends: "), "{m}");
+    let (_, _, m) = only_error(&route(
+        "alpn = [\"h2\"]\nhttp_backends = [\"10.0.0.5:80\"]\n",
+    ));
+    assert!(
+        m.starts_with("route[1].http_backends: plain HTTP has no ALPN"),
+        "{m}"
+    );
 }

@@ -20,6 +20,8 @@ mod daemon;
 mod fuzz_clienthello;
 #[path = "../fuzz/checks/config.rs"]
 mod fuzz_config;
+#[path = "../fuzz/checks/httphead.rs"]
+mod fuzz_httphead;
 #[path = "../fuzz/checks/proxyheader.rs"]
 mod fuzz_proxyheader;
 
@@ -785,9 +787,10 @@ fn fuzz_seeds_and_regressions_pass_the_fuzz_checks() {
     let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     /// A fuzz target's name and its checks.
     type Target = (&'static str, fn(&[u8]));
-    let targets: [Target; 3] = [
+    let targets: [Target; 4] = [
         ("clienthello", fuzz_clienthello::check_input),
         ("config", fuzz_config::check_input),
+        ("httphead", fuzz_httphead::check_input),
         ("proxyheader", fuzz_proxyheader::check_input),
     ];
     for (target, check) in targets {

@@ -16,8 +16,9 @@ use super::keys;
 use super::raw::{self, RawConfig, Source, Text, TextList};
 use super::{
     AccessLog, AdminConfig, Balance, BanConfig, Config, Diagnostic, FirewallBackend,
-    FirewallConfig, FirewallScope, HealthCheck, HostPattern, Limits, LogConfig, LogFormat,
-    MetricsConfig, ProxyProtocol, ProxyProtocolConfig, RateLimitConfig, Route, TlsPolicy,
+    FirewallConfig, FirewallScope, HealthCheck, HostPattern, HttpConfig, Limits, LogConfig,
+    LogFormat, MetricsConfig, ProxyProtocol, ProxyProtocolConfig, RateLimitConfig, Route,
+    TlsPolicy,
 };
 use crate::cidr::CidrSet;
 use crate::outcome::Outcome;
@@ -65,6 +66,7 @@ pub(super) fn build(src: &Source<'_>, raw: RawConfig, diags: &mut Vec<Diagnostic
     let fallback = c.fallback(&raw.unknown);
     let routes = c.routes(&raw, fallback.is_some());
     let metrics = c.metrics(&raw, &listen);
+    let http = c.http(&raw, &listen, metrics.listen);
     Config {
         listen,
         workers,
@@ -72,6 +74,7 @@ pub(super) fn build(src: &Source<'_>, raw: RawConfig, diags: &mut Vec<Diagnostic
         defer_accept: raw.top.defer_accept.unwrap_or(true),
         limits: c.limits(&raw.limits),
         tls: c.tls(&raw.tls),
+        http,
         routes,
         fallback,
         ban: c.ban(&raw.ban),
@@ -222,6 +225,14 @@ impl Checker<'_, '_> {
                 &format!("{path}.proxy_protocol"),
                 route.proxy_protocol.as_ref(),
             );
+            let http_backends = self.http_backends(&path, route.http_backends.as_ref());
+            if let Some(list) = route.http_backends.as_ref().filter(|_| !alpn.is_empty()) {
+                let msg = format!(
+                    "{path}.http_backends: plain HTTP has no ALPN, so it goes to the route \
+                     without \"alpn\" for these names; set http_backends there"
+                );
+                self.err(list.span(), msg);
+            }
             let allow = route.allow.as_ref().map(|list| {
                 let nets: Vec<_> = list
                     .get_ref()
@@ -272,6 +283,7 @@ impl Checker<'_, '_> {
                 sni,
                 backends,
                 proxy_protocol,
+                http_backends,
                 allow,
                 alpn,
                 balance,
@@ -456,6 +468,67 @@ impl Checker<'_, '_> {
         }
     }
 
+    /// A route's `http_backends`: absent means none; if given, non-empty and
+    /// every address valid.
+    fn http_backends(&mut self, path: &str, raw: Option<&TextList>) -> Vec<SocketAddr> {
+        let Some(list) = raw else {
+            return Vec::new();
+        };
+        let path = format!("{path}.http_backends");
+        if list.get_ref().is_empty() {
+            let msg = format!(
+                "{path}: empty; give at least one address like [\"10.0.0.5:80\"], \
+                 or leave the key out (no plain HTTP for this route)"
+            );
+            self.err(list.span(), msg);
+        }
+        let addrs = self.addr_list(&path, list);
+        if addrs.len() > MAX_BACKENDS {
+            let msg = format!(
+                "{path}: {} addresses; a route holds at most {MAX_BACKENDS}",
+                addrs.len()
+            );
+            self.err(list.span(), msg);
+        }
+        addrs
+    }
+
+    /// `[http]`: its `listen` addresses, none of them also a TLS listener
+    /// or the metrics endpoint.
+    fn http(
+        &mut self,
+        raw: &RawConfig,
+        tls_listen: &[SocketAddr],
+        metrics: Option<SocketAddr>,
+    ) -> HttpConfig {
+        let Some(list) = &raw.http.listen else {
+            return HttpConfig::default();
+        };
+        let listen = self.addr_list("http.listen", list);
+        for item in list.get_ref() {
+            // Port 0 asks the kernel for a free port: no clash.
+            let Some(addr) = item
+                .get_ref()
+                .trim()
+                .parse::<SocketAddr>()
+                .ok()
+                .filter(|a| a.port() != 0)
+            else {
+                continue;
+            };
+            let clash = if tls_listen.contains(&addr) {
+                "the top-level listen (TLS); a listener serves one protocol"
+            } else if metrics == Some(addr) {
+                "the metrics endpoint (metrics.listen, default 127.0.0.1:9151)"
+            } else {
+                continue;
+            };
+            let msg = format!("http.listen: {addr} is also {clash}; use another port");
+            self.err(item.span(), msg);
+        }
+        HttpConfig { listen }
+    }
+
     fn fallback(&mut self, raw: &raw::RawUnknown) -> Option<Route> {
         #[derive(Clone, Copy, PartialEq)]
         enum Action {
@@ -523,7 +596,14 @@ impl Checker<'_, '_> {
                 .collect()
         });
         let strike_on = match &raw.strike_on {
-            None => vec![Outcome::UnknownSni, Outcome::NoSni, Outcome::NotTls],
+            None => vec![
+                Outcome::UnknownSni,
+                Outcome::NoSni,
+                Outcome::NotTls,
+                Outcome::UnknownHost,
+                Outcome::NoHost,
+                Outcome::NotHttp,
+            ],
             Some(list) => {
                 let mut outcomes = Vec::new();
                 for item in list.get_ref() {

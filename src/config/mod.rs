@@ -45,6 +45,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[tls]`.
     pub tls: TlsPolicy,
+    /// `[http]`: plain HTTP/1.x listeners routed by the `Host` header.
+    pub http: HttpConfig,
     /// `[[route]]` (at least one), in file order; route names are unique, an
     /// SNI pattern belongs to one route per ALPN id (or to one route without `alpn`).
     pub routes: Vec<Route>,
@@ -94,6 +96,16 @@ pub struct TlsPolicy {
     /// `min_version` (default "1.2"; "1.0", "1.1", "1.2" or "1.3") as its wire
     /// value 0x0301..=0x0304: a hello offering nothing at or above it is outcome `policy`.
     pub min_version: u16,
+}
+
+/// `[http]`: plain HTTP/1.x listeners, routed by the `Host` header of the
+/// first request to the matching route's `http_backends`.
+#[derive(Debug, Clone, Default)]
+pub struct HttpConfig {
+    /// `listen` (default empty: no plain-HTTP listener): addresses to accept
+    /// plain HTTP clients on, like the top-level `listen`. No duplicates, and
+    /// none of them in the top-level `listen` or `metrics.listen`.
+    pub listen: Vec<SocketAddr>,
 }
 
 /// One entry of a route's `sni` list, canonical (lower case, no trailing dot).
@@ -162,8 +174,14 @@ pub struct Route {
     /// `backend = "IP:PORT"` or `backends = [...]` (exactly one of them, required):
     /// at least one address, tried in order when one refuses.
     pub backends: Vec<SocketAddr>,
-    /// `proxy_protocol` (default "none"; "none", "v1" or "v2").
+    /// `proxy_protocol` (default "none"; "none", "v1" or "v2"): for TLS and
+    /// plain HTTP alike.
     pub proxy_protocol: ProxyProtocol,
+    /// `http_backends` (default empty; if given, at least one address): where
+    /// plain HTTP requests for the route's names go from `[http]` listeners,
+    /// tried in order like `backends`. Empty: on `[http]` listeners the
+    /// route's names are unknown hosts. Always empty for the fallback.
+    pub http_backends: Vec<SocketAddr>,
     /// `allow` (default: absent = every source): only sources inside these
     /// networks (addresses or CIDRs) may use the route; others end `denied`.
     pub allow: Option<CidrSet>,
@@ -190,6 +208,7 @@ impl Route {
             alpn: Vec::new(),
             balance: Balance::First,
             health_check: None,
+            http_backends: Vec::new(),
         }
     }
 }
@@ -209,8 +228,9 @@ pub struct BanConfig {
     /// explicit list replaces it): never struck, banned nor rate-limited; bare
     /// addresses become /32 or /128, host bits are cleared.
     pub ignore: Vec<IpNet>,
-    /// `strike_on` (default unknown_sni, no_sni, not_tls; also possible: timeout,
-    /// policy, too_large, denied): outcomes that count as a strike. No duplicates.
+    /// `strike_on` (default unknown_sni, no_sni, not_tls, unknown_host,
+    /// no_host, not_http; also possible: timeout, policy, too_large, denied):
+    /// outcomes that count as a strike. No duplicates.
     pub strike_on: Vec<Outcome>,
     /// `ipv6_prefix` (default 64, 1..=128): IPv6 clients are struck and banned per this prefix.
     pub ipv6_prefix: u8,

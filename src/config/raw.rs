@@ -75,6 +75,8 @@ pub(super) struct RawRoute {
     pub backends: Option<TextList>,
     /// Default "none".
     pub proxy_protocol: Option<Text>,
+    /// Default empty: no plain HTTP for this route.
+    pub http_backends: Option<TextList>,
     /// Default absent (every source); addresses or CIDRs.
     pub allow: Option<TextList>,
     /// Default empty (the route for hellos whatever their ALPN).
@@ -99,6 +101,14 @@ pub(super) struct RawHealthCheck {
     pub fall: Option<Int>,
     /// Default 2.
     pub rise: Option<Int>,
+}
+
+/// `[http]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHttp {
+    /// Default empty: no plain-HTTP listener.
+    pub listen: Option<TextList>,
 }
 
 /// `[unknown]`
@@ -129,7 +139,7 @@ pub(super) struct RawBan {
     pub ban_time: Option<Text>,
     /// Default `["127.0.0.0/8", "::1"]`; an explicit list replaces it.
     pub ignore: Option<TextList>,
-    /// Default `["unknown_sni", "no_sni", "not_tls"]`.
+    /// Default `["unknown_sni", "no_sni", "not_tls", "unknown_host", "no_host", "not_http"]`.
     pub strike_on: Option<TextList>,
     /// Default 64.
     pub ipv6_prefix: Option<Int>,
@@ -202,6 +212,7 @@ pub(super) struct RawConfig {
     pub top_failed: bool,
     pub limits: RawLimits,
     pub tls: RawTls,
+    pub http: RawHttp,
     /// Routes that deserialized, with the span of their `[[route]]` header, and
     /// their 1-based position among all routes of the file.
     pub routes: Vec<(usize, Spanned<RawRoute>)>,
@@ -219,9 +230,10 @@ pub(super) struct RawConfig {
 }
 
 /// The top-level keys that hold a table (`route` an array of tables).
-pub(super) const SECTIONS: [&str; 12] = [
+pub(super) const SECTIONS: [&str; 13] = [
     "limits",
     "tls",
+    "http",
     "route",
     "unknown",
     "ban",
@@ -302,6 +314,7 @@ pub(super) fn parse(src: &Source<'_>, diags: &mut Vec<Diagnostic>) -> Option<Raw
         match key.get_ref().as_ref() {
             "limits" => raw.limits = section.parse(value, diags).unwrap_or_default(),
             "tls" => raw.tls = section.parse(value, diags).unwrap_or_default(),
+            "http" => raw.http = section.parse(value, diags).unwrap_or_default(),
             "route" => parse_routes(src, value, &mut raw, diags),
             "unknown" => raw.unknown = section.parse(value, diags).unwrap_or_default(),
             "ban" => raw.ban = section.parse(value, diags).unwrap_or_default(),
@@ -459,6 +472,7 @@ impl<'s, 'a> Section<'s, 'a> {
         };
         let key_kind = match path.as_str() {
             "metrics.listen" => "backend",
+            "http.listen" => "http.listen",
             "firewall.backend" => "firewall.backend",
             _ => key.unwrap_or(""),
         };
@@ -477,7 +491,8 @@ impl<'s, 'a> Section<'s, 'a> {
 }
 
 /// What a key's value looks like, for type errors (by key name: the same name
-/// means the same kind of value in every section; `metrics.listen` is asked as `backend`).
+/// means the same kind of value in every section; `metrics.listen` is asked as
+/// `backend`, `http.listen` by its path).
 fn expectation(key: &str) -> Option<&'static str> {
     Some(match key {
         "client_hello_timeout"
@@ -489,8 +504,10 @@ fn expectation(key: &str) -> Option<&'static str> {
         | "interval"
         | "timeout" => "a quoted duration like \"500ms\", \"5s\", \"10m\", \"1h\", \"365d\"",
         "listen" => "an array of addresses like [\"0.0.0.0:443\", \"[::]:443\"]",
+        "http.listen" => "an array of addresses like [\"0.0.0.0:80\", \"[::]:80\"]",
         "backend" => "a quoted address \"IP:PORT\" (IPv6 in brackets)",
         "backends" => "an array of addresses like [\"10.0.0.6:443\", \"10.0.0.7:443\"]",
+        "http_backends" => "an array of addresses like [\"10.0.0.6:80\", \"10.0.0.7:80\"]",
         "sni" => "an array of host names like [\"myapp.example.org\", \"*.example.org\"]",
         "ignore" | "allow" => {
             "an array of addresses or CIDRs like [\"192.0.2.10\", \"2001:db8::/48\"]"

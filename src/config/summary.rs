@@ -29,6 +29,9 @@ impl Config {
             listen.join(", "),
             self.workers
         ));
+        if let Some(line) = self.http_line() {
+            lines.push(line);
+        }
         let l = &self.limits;
         lines.push(format!(
             "limits: hello within {} and {} bytes, connect {}, idle {}, {} connections, grace {}",
@@ -81,6 +84,33 @@ impl Config {
         lines.push(self.firewall_line());
         lines.push(self.crowdsec_line());
         lines.join("\n")
+    }
+
+    /// `http listen: ...` when there are plain-HTTP listeners, or routes
+    /// with `http_backends` and none to use them.
+    fn http_line(&self) -> Option<String> {
+        let http_routes = self
+            .routes
+            .iter()
+            .filter(|r| !r.http_backends.is_empty())
+            .count();
+        let listen: Vec<String> = self.http.listen.iter().map(ToString::to_string).collect();
+        match (listen.is_empty(), http_routes) {
+            (true, 0) => None,
+            (true, n) => Some(format!(
+                "http listen: none ([http] listen is empty, so the http_backends of {n} route{} are unused)",
+                if n == 1 { "" } else { "s" }
+            )),
+            (false, 0) => Some(format!(
+                "http listen: {} (plain HTTP by Host; no route has http_backends: every request is unknown_host)",
+                listen.join(", ")
+            )),
+            (false, n) => Some(format!(
+                "http listen: {} (plain HTTP by Host, {n} route{} with http_backends)",
+                listen.join(", "),
+                if n == 1 { "" } else { "s" }
+            )),
+        }
     }
 
     /// What the kernel bans do, and what they will need at start.
@@ -174,7 +204,7 @@ impl Config {
     }
 }
 
-/// `myapp.example.org (+1 name) -> 10.0.0.5:443 (proxy_protocol v2)`.
+/// `myapp.example.org (+1 name) -> 10.0.0.5:443; plain HTTP -> 10.0.0.5:80 (proxy_protocol v2)`.
 fn route_line(route: &Route) -> String {
     let mut line = match route.sni.first() {
         Some(first) => first.to_string(),
@@ -189,6 +219,14 @@ fn route_line(route: &Route) -> String {
     }
     let backends: Vec<String> = route.backends.iter().map(ToString::to_string).collect();
     let _ = write!(line, " -> {}", backends.join(", "));
+    if !route.http_backends.is_empty() {
+        let http: Vec<String> = route
+            .http_backends
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let _ = write!(line, "; plain HTTP -> {}", http.join(", "));
+    }
     match route.proxy_protocol {
         ProxyProtocol::None => {}
         ProxyProtocol::V1 => line.push_str(" (proxy_protocol v1)"),

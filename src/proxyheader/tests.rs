@@ -352,3 +352,31 @@ proptest! {
         check_final(&bytes);
     }
 }
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it maps.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+proptest! {
+    #[test]
+    fn what_sniroute_writes_to_backends_reads_back_the_same(
+        src in any::<SocketAddr>(),
+        dst in any::<SocketAddr>(),
+        v2 in any::<bool>(),
+    ) {
+        use crate::config::ProxyProtocol;
+        let kind = if v2 { ProxyProtocol::V2 } else { ProxyProtocol::V1 };
+        let mut out = Vec::new();
+        crate::forward::proxy_header(kind, src, dst, &mut out);
+        let Verdict::Header(h) = parse(&out) else {
+            panic!("{out:?}");
+        };
+        prop_assert_eq!(h.len, out.len());
+        let Endpoints::Tcp { source, destination } = h.endpoints else {
+            panic!("{h:?}");
+        };
+        prop_assert_eq!(canonical(source), canonical(src));
+        prop_assert_eq!(canonical(destination), canonical(dst));
+    }
+}

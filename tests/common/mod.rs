@@ -399,6 +399,8 @@ pub struct Router {
     pub addr: SocketAddr,
     /// The IPv6 listener ([::1]) when asked for.
     pub addr6: Option<SocketAddr>,
+    /// The first plain-HTTP listener, when the body has `[http] listen`.
+    pub http_addr: Option<SocketAddr>,
     pub log_path: PathBuf,
     pub config_path: PathBuf,
     pub tx: mpsc::Sender<Control>,
@@ -476,11 +478,16 @@ async fn start_router(body: &str, v6: bool) -> Router {
     let addrs = server.local_addrs();
     let addr = *addrs.iter().find(|a| a.is_ipv4()).unwrap();
     let addr6 = addrs.iter().find(|a| a.is_ipv6()).copied();
+    let http_addr = server
+        .local_addrs_of(sniroute::conn::Protocol::Http)
+        .first()
+        .copied();
     let (tx, rx) = mpsc::channel(8);
     let task = tokio::spawn(server.run(rx));
     Router {
         addr,
         addr6,
+        http_addr,
         log_path,
         config_path,
         tx,
