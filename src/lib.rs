@@ -1,6 +1,7 @@
 //! sniroute: a TLS SNI passthrough router that never terminates TLS.
 //!
 //! Module map (one owner per concern):
+//! - `cli`: the command line (also the source of the man page and completions);
 //! - `config`: file -> typed [`config::Config`], every error with its place;
 //! - `clienthello`: PURE bytes -> verdict; `httphead`: the same for a plain
 //!   HTTP/1.x request head (`[http]` listeners); `peek`: read either off a socket;
@@ -23,6 +24,7 @@ pub mod accesslog;
 pub mod admin;
 pub mod balance;
 pub mod cidr;
+pub mod cli;
 pub mod clienthello;
 pub mod config;
 pub mod conn;

@@ -4,87 +4,26 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches};
 use sniroute::admin::Request;
+use sniroute::cli::{AdminArgs, BansCommand, Cli, Command};
 use sniroute::config::{self, LoadError};
 use sniroute::server::Server;
 use tokio::sync::mpsc;
 
-/// Where `run` and the admin commands look for the config by default.
-const DEFAULT_CONFIG: &str = "/etc/sniroute/sniroute.toml";
-
-/// TLS SNI passthrough router: routes by the ClientHello's server name without
-/// terminating TLS, closes unknown names without a byte, bans the sources.
-#[derive(Parser)]
-#[command(version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run in the foreground (systemd's way).
-    Run {
-        /// Config file.
-        #[arg(short, long, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-    },
-    /// Validate a config file like `nginx -t`: exit 0 valid, 1 invalid, 2 unreadable.
-    Check {
-        /// Config file.
-        path: PathBuf,
-    },
-    /// Connections by outcome and ban counts, from the running daemon.
-    Status(AdminArgs),
-    /// List, add or remove bans in the running daemon.
-    Bans {
-        #[command(subcommand)]
-        command: BansCommand,
-    },
-    /// Ask the running daemon to reload its config (like SIGHUP).
-    Reload(AdminArgs),
-}
-
-#[derive(Subcommand)]
-enum BansCommand {
-    /// Addresses and prefixes banned now, with reason, strikes and expiry.
-    List(AdminArgs),
-    /// Ban an address or CIDR prefix by hand.
-    Add {
-        /// Address (`203.0.113.7`, `2001:db8::1`) or prefix (`203.0.113.0/24`).
-        addr: String,
-        /// How long (`1h`, `30d`); default `ban.ban_time`.
-        #[arg(long = "for", value_name = "DURATION")]
-        duration: Option<String>,
-        /// Allow a prefix wider than /8 (IPv4) or /32 (IPv6).
-        #[arg(long)]
-        force: bool,
-        #[command(flatten)]
-        admin: AdminArgs,
-    },
-    /// Lift the bans covering an address, or exactly one prefix.
-    Remove {
-        /// Address or prefix.
-        addr: String,
-        #[command(flatten)]
-        admin: AdminArgs,
-    },
-}
-
-/// How the admin commands find the daemon.
-#[derive(clap::Args)]
-struct AdminArgs {
-    /// Config file (read only to find `admin.socket`).
-    #[arg(short, long, default_value = DEFAULT_CONFIG)]
-    config: PathBuf,
-    /// Print one JSON document instead of text.
-    #[arg(long)]
-    json: bool,
-}
+/// `0.1.0 (git 1a2b3c4d5e6f)` when built from a git checkout, `0.1.0` from a
+/// tarball (the revision comes from build.rs).
+const VERSION: &str = match option_env!("SNIROUTE_VERSION") {
+    Some(version) => version,
+    None => env!("CARGO_PKG_VERSION"),
+};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().version(VERSION).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match cli.command {
         Command::Check { path } => check(&path),
         Command::Run { config } => run(config),
@@ -206,10 +145,7 @@ fn run(path: PathBuf) -> ExitCode {
         };
         let addrs = server.local_addrs();
         sniroute::lifecycle::spawn_watchdog();
-        tracing::info!(
-            "sniroute {} listening on {addrs:?}",
-            env!("CARGO_PKG_VERSION")
-        );
+        tracing::info!("sniroute {VERSION} listening on {addrs:?}");
         let http = server.local_addrs_of(sniroute::conn::Protocol::Http);
         if !http.is_empty() {
             tracing::info!("plain HTTP (routed by Host) on {http:?}");

@@ -310,3 +310,49 @@ impl Drop for KillOnDrop<'_> {
         let _ = self.0.wait();
     }
 }
+
+/// The /etc/sniroute/sniroute.toml the package installs (build.rs makes it
+/// from the example config).
+const PACKAGED: &str = include_str!(concat!(env!("OUT_DIR"), "/sniroute.toml"));
+
+#[test]
+fn the_packaged_config_is_safe_to_start_as_is() {
+    let c = sniroute::config::parse_str(PACKAGED).unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(!c.listen.is_empty());
+    assert!(
+        c.listen.iter().all(|a| a.ip().is_loopback()),
+        "loopback only: {:?}",
+        c.listen
+    );
+    assert_eq!(c.routes.len(), 1, "one example route");
+    for ip in ["127.0.0.1", "127.0.0.2", "::1"] {
+        let ip: IpAddr = ip.parse().unwrap();
+        assert!(c.ban.ignore.iter().any(|n| n.contains(&ip)), "{ip} ignored");
+    }
+    // The defaults, in the directories the systemd unit makes.
+    assert_eq!(
+        c.ban.state_file.as_deref(),
+        Some(Path::new("/var/lib/sniroute/bans.json"))
+    );
+    assert_eq!(
+        c.admin.socket.as_deref(),
+        Some(Path::new("/run/sniroute/admin.sock"))
+    );
+    assert!(c.metrics.listen.is_none_or(|a| a.ip().is_loopback()));
+    assert!(PACKAGED.starts_with("# /etc/sniroute/sniroute.toml"));
+}
+
+#[test]
+fn version_names_the_git_revision_when_built_from_git() {
+    let out = sniroute(&["--version"]);
+    let version = text(&out.stdout);
+    assert!(
+        version.starts_with(concat!("sniroute ", env!("CARGO_PKG_VERSION"))),
+        "{version}"
+    );
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join(".git");
+    let git = Command::new("git").arg("--version").output();
+    if checkout.exists() && git.is_ok_and(|o| o.status.success()) {
+        assert!(version.contains("(git "), "{version}");
+    }
+}

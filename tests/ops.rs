@@ -498,7 +498,7 @@ fn units_for_test(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let copy = |name: &str| {
         let text = std::fs::read_to_string(root.join(name)).unwrap();
         let path = dir.join(name);
-        std::fs::write(&path, text.replace("/usr/local/bin/sniroute", BIN)).unwrap();
+        std::fs::write(&path, text.replace("/usr/bin/sniroute", BIN)).unwrap();
         path
     };
     (copy("sniroute.service"), copy("sniroute.socket"))

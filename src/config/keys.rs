@@ -32,10 +32,11 @@ pub(super) fn unknown_key(key: &str, place: &str, fields: &[&str]) -> String {
 }
 
 /// The keys a section accepts (for suggesting where a misplaced key belongs).
-fn section_fields(section: &str) -> &'static [&'static str] {
+pub(super) fn section_fields(section: &str) -> &'static [&'static str] {
     match section {
         "limits" => fields_of::<RawLimits>(),
         "tls" => fields_of::<RawTls>(),
+        "http" => fields_of::<super::raw::RawHttp>(),
         "route" => fields_of::<RawRoute>(),
         "unknown" => fields_of::<RawUnknown>(),
         "ban" => fields_of::<RawBan>(),

@@ -19,6 +19,9 @@ mod check;
 mod crowdsec;
 mod keys;
 mod raw;
+pub mod reference;
+#[cfg(test)]
+mod reference_tests;
 mod summary;
 
 /// A fully checked configuration. Every field is a typed value with its default
