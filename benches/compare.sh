@@ -11,6 +11,8 @@
 #   ONLY="sniroute haproxy"  run only these targets (names as in TARGETS below)
 #   CANDIDATE=/path/to/sniroute  also run this build as `sniroute-candidate`
 #               (same config as `sniroute`): A/B a change in the same run
+#   PROXY_PHASES=rate,reject  the phases the proxies run (default: all;
+#               sniroute rows add `banned`): a focused A/B in less time
 #   ROUNDS=3    run every target this many times, round-robin; the table
 #               shows the median of each figure (robust to a noisy moment)
 #   QUIET_SECS=120  longest wait for a quiet machine before each target
@@ -60,7 +62,7 @@ else
     # 1 GiB each way on one connection, 8 x 256 MiB each way, 5 s per rate phase.
     SIZES=(--bulk1-bytes $((1 << 30)) --bulk8-bytes $((256 << 20)) --secs 5 --idle 2000)
 fi
-PROXY_PHASES=idle,bulk1,bulk8,rate,reject
+PROXY_PHASES=${PROXY_PHASES:-idle,bulk1,bulk8,rate,reject}
 
 # ---------------------------------------------------------------- processes --
 PIDS=()

@@ -58,18 +58,22 @@ impl Backend {
     }
 
     /// Whether it is in service now: not checked down, not skipped.
-    pub fn is_up(&self, now_ms: u64) -> bool {
+    /// `now_ms` (the pool's clock) is only read when a skip is set.
+    pub fn is_up(&self, now_ms: impl Fn() -> u64) -> bool {
         !self.checked_down.load(Ordering::Relaxed) && !self.skipped(now_ms)
     }
 
-    fn skipped(&self, now_ms: u64) -> bool {
+    fn skipped(&self, now_ms: impl Fn() -> u64) -> bool {
         let until = self.skip_until.load(Ordering::Relaxed);
-        until != 0 && until > now_ms
+        until != 0 && until > now_ms()
     }
 
-    /// A connect (client try or check) succeeded: no longer skipped.
+    /// A connect (client try or check) succeeded: no longer skipped. A
+    /// plain load first: the common case writes nothing.
     fn answered(&self) {
-        if self.skip_until.swap(0, Ordering::Relaxed) != 0 {
+        if self.skip_until.load(Ordering::Relaxed) != 0
+            && self.skip_until.swap(0, Ordering::Relaxed) != 0
+        {
             self.show();
         }
     }
@@ -195,7 +199,7 @@ impl Pool {
     /// validation keeps a pool at 64 backends at most (`tried` is a bit mask).
     pub async fn connect(&self, timeout: Duration) -> Result<(TcpStream, Lease<'_>), ConnectError> {
         let n = self.backends.len();
-        let now = self.now_ms();
+        let now = || self.now_ms();
         let start = self.start(now);
         let mut tried: u64 = 0;
         let mut last = None;
@@ -237,7 +241,7 @@ impl Pool {
     }
 
     /// The index the first try starts from.
-    fn start(&self, now: u64) -> usize {
+    fn start(&self, now: impl Fn() -> u64 + Copy) -> usize {
         let n = self.backends.len();
         if n < 2 {
             return 0;
@@ -357,12 +361,13 @@ mod tests {
             &["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"],
             Balance::First,
         );
-        assert_eq!((p.start(0), p.start(0)), (0, 0));
+        let zero = || 0;
+        assert_eq!((p.start(zero), p.start(zero)), (0, 0));
         let p = pool(
             &["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"],
             Balance::RoundRobin,
         );
-        let starts: Vec<usize> = (0..6).map(|_| p.start(0)).collect();
+        let starts: Vec<usize> = (0..6).map(|_| p.start(zero)).collect();
         assert_eq!(starts, [0, 1, 2, 0, 1, 2]);
         let p = pool(
             &["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"],
@@ -371,11 +376,11 @@ mod tests {
         p.backends[0].active.store(2, Ordering::Relaxed);
         p.backends[1].active.store(1, Ordering::Relaxed);
         p.backends[2].active.store(3, Ordering::Relaxed);
-        assert_eq!(p.start(0), 1);
+        assert_eq!(p.start(zero), 1);
         p.backends[1].checked_down.store(true, Ordering::Relaxed);
-        assert_eq!(p.start(0), 0, "a down backend is not the idlest");
+        assert_eq!(p.start(zero), 0, "a down backend is not the idlest");
         p.backends[2].active.store(2, Ordering::Relaxed);
-        let ties: Vec<usize> = (0..4).map(|_| p.start(0)).collect();
+        let ties: Vec<usize> = (0..4).map(|_| p.start(zero)).collect();
         assert!(ties.contains(&0) && ties.contains(&2), "{ties:?}");
     }
 
@@ -384,12 +389,15 @@ mod tests {
         let p = pool(&["127.0.0.1:1", "127.0.0.1:2"], Balance::First);
         let e = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         p.backends[0].refused(1_000, &e, "t");
-        assert!(!p.backends[0].is_up(1_000));
-        assert!(p.backends[0].is_up(1_000 + millis(PASSIVE_SKIP)));
+        assert!(!p.backends[0].is_up(|| 1_000));
+        assert!(p.backends[0].is_up(|| 1_000 + millis(PASSIVE_SKIP)));
         let addrs: Vec<SocketAddr> = ["127.0.0.1:1".parse().unwrap()].into();
         let after = Pool::of("t", &addrs, Balance::First, None, Some(&p));
-        assert!(!after.backends[0].is_up(1_000), "the skip was carried over");
+        assert!(
+            !after.backends[0].is_up(|| 1_000),
+            "the skip was carried over"
+        );
         after.backends[0].answered();
-        assert!(after.backends[0].is_up(1_000));
+        assert!(after.backends[0].is_up(|| 1_000));
     }
 }

@@ -325,11 +325,13 @@ async fn read_proxy_header(
 /// first ALPN id offered in `entry`.
 fn choose(snapshot: &Snapshot, hello: ClientHello, entry: &mut Entry) -> Result<usize, Outcome> {
     entry.sni = hello.sni.as_ref().map(|name| name.as_str().to_owned());
-    entry.alpn = hello.alpn.first().cloned();
-    if hello.max_version < snapshot.config.tls.min_version {
-        return Err(Outcome::Policy);
-    }
-    snapshot.routes.pick(hello.sni.as_ref(), &hello.alpn)
+    let picked = if hello.max_version < snapshot.config.tls.min_version {
+        Err(Outcome::Policy)
+    } else {
+        snapshot.routes.pick(hello.sni.as_ref(), &hello.alpn)
+    };
+    entry.alpn = hello.alpn.into_iter().next();
+    picked
 }
 
 /// The route for an HTTP request's host (the one a hello without ALPN

@@ -368,7 +368,9 @@ fn the_systemd_drop_in_verifies_and_keeps_exposure_low() {
     // [Service] section in the same file does (offline analysis reads one file).
     let dir = tempfile::tempdir().unwrap();
     let merged = dir.path().join("sniroute.service");
-    let unit = unit.replace("/usr/local/bin/sniroute", firewall_common::BIN);
+    let unit = unit
+        .replace("/usr/local/bin/sniroute", firewall_common::BIN)
+        .replace("/usr/bin/sniroute", firewall_common::BIN);
     std::fs::write(&merged, format!("{unit}\n{drop_in}")).unwrap();
 
     let verify = Command::new(analyze)

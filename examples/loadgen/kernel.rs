@@ -38,6 +38,9 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(100);
 /// from the banned sources, round-robin.
 const FLOOD_TASKS: usize = 200;
 
+/// The flood-only window is this many times `secs`.
+const FLOOD_ONLY_WINDOWS: f64 = 4.0;
+
 /// How long the bans may take to reach the kernel (batched every 100 ms).
 const BANS_IN_KERNEL_WITHIN: Duration = Duration::from_secs(10);
 
@@ -137,14 +140,28 @@ pub async fn kernel_bans(
         )
         .await?;
     }
+    // Every source at once (a dropped attempt waits its whole timeout);
+    // those still answered are tried again.
     let give_up = Instant::now() + BANS_IN_KERNEL_WITHIN;
-    for &ip in &ips {
-        while attempt(ip, addr).await? {
-            if Instant::now() > give_up {
-                bail!("{ip} is still answered {BANS_IN_KERNEL_WITHIN:?} after its strike");
+    let mut pending = ips.clone();
+    while !pending.is_empty() {
+        let tries: Vec<_> = pending
+            .iter()
+            .map(|&ip| tokio::spawn(async move { (ip, attempt(ip, addr).await) }))
+            .collect();
+        let mut answered = Vec::new();
+        for task in tries {
+            let (ip, result) = task.await?;
+            if result? {
+                answered.push(ip);
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        if let Some(ip) = answered.first()
+            && Instant::now() > give_up
+        {
+            bail!("{ip} is still answered {BANS_IN_KERNEL_WITHIN:?} after its strike");
+        }
+        pending = answered;
     }
     let ban_secs = started.elapsed().as_secs_f64();
     let routed_source = Sources::new(sources::ROUTED, ROUTED_SOURCES);
@@ -155,7 +172,7 @@ pub async fn kernel_bans(
 
     let ips = Arc::new(ips);
     let meter = Meter::start(target)?;
-    let (attempts, answered) = flood(Arc::clone(&ips), addr, secs).await;
+    let (attempts, answered) = flood(Arc::clone(&ips), addr, FLOOD_ONLY_WINDOWS * secs).await;
     let spent = meter.stop(target)?;
     ensure!(attempts > 0, "no banned attempt was made");
 

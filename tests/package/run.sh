@@ -3,6 +3,7 @@
 # where systemd need not be PID 1): builds it with `cargo deb`, installs it
 # with apt, and checks what a user gets:
 #   - every file where it belongs, the binary stripped, the config a conffile;
+#   - `logrotate -d` and `promtool check/test rules` on the installed files;
 #   - nothing enabled or started by the install;
 #   - `sniroute check /etc/sniroute/sniroute.toml` exits 0, loopback ignored;
 #   - `systemd-analyze verify` clean, `security --offline=true` <= 2.0;
@@ -69,6 +70,8 @@ for f in /usr/bin/sniroute /etc/sniroute/sniroute.toml \
     /etc/fail2ban/filter.d/sniroute.conf /etc/logrotate.d/sniroute \
     /usr/share/sniroute/dashboards/sniroute.json \
     /usr/share/sniroute/prometheus/sniroute-alerts.yml \
+    /usr/share/sniroute/prometheus/sniroute-alerts.test.yml \
+    /usr/share/sniroute/prometheus/sniroute-alerts.week.test.yml \
     /usr/share/doc/sniroute/examples/sniroute.toml \
     /usr/share/doc/sniroute/copyright \
     /usr/share/man/man8/sniroute.8.gz /usr/share/man/man5/sniroute.toml.5.gz \
@@ -89,6 +92,15 @@ if readelf -S /usr/bin/sniroute | grep -qE '\.(debug_[a-z]+|symtab)\b'; then
     fail "/usr/bin/sniroute is not stripped"
 fi
 /usr/bin/sniroute --version
+
+step "logrotate and promtool accept the installed snippet and rules"
+logrotate -d -s "$work/logrotate.state" /etc/logrotate.d/sniroute >"$work/logrotate.txt" 2>&1 \
+    || fail "logrotate -d /etc/logrotate.d/sniroute: $(cat "$work/logrotate.txt")"
+! grep -qi 'error' "$work/logrotate.txt" || fail "logrotate -d: $(cat "$work/logrotate.txt")"
+promtool check rules /usr/share/sniroute/prometheus/sniroute-alerts.yml >"$work/promtool.txt" 2>&1 \
+    || fail "promtool check rules: $(cat "$work/promtool.txt")"
+promtool test rules /usr/share/sniroute/prometheus/*.test.yml >"$work/promtool.txt" 2>&1 \
+    || fail "promtool test rules: $(cat "$work/promtool.txt")"
 
 step "installing started and enabled nothing"
 if ls /etc/systemd/system/*.wants/sniroute.* >/dev/null 2>&1; then
