@@ -41,7 +41,8 @@ BACKEND=127.0.0.1:19000
 declare -A PORT=([direct]=19000 [sniroute]=19001 [sniroute-copy]=19002
                  [haproxy]=19003 [nginx]=19004 [sniproxy]=19005
                  [sniroute-candidate]=19006 [sniroute-deferred]=19007
-                 [haproxy-deferred]=19008 [floor]=19010 [sniroute-kernel]=19011)
+                 [haproxy-deferred]=19008 [floor]=19010 [sniroute-kernel]=19011
+                 [sniroute-http]=19012 [sniproxy-http]=19013)
 # The `-deferred` rows run with deferred accept (TCP_DEFER_ACCEPT: sniroute's
 # `defer_accept`, HAProxy's `defer-accept`; nginx's stream module and
 # sniproxy have none) and only the connection phases, which it changes (not
@@ -51,8 +52,13 @@ declare -A PORT=([direct]=19000 [sniroute]=19001 [sniroute-copy]=19002
 # in a network namespace of its own (root only; the host's ruleset is never
 # touched): 1,000 banned sources flood the port while clients route (the
 # `kernel` phase), then the time and memory to load 100,000 saved bans.
+# The `-http` rows are plain HTTP routed by Host (sniroute's `[http] listen`,
+# sniproxy's `protocol http` listener): the load generator opens with curl's
+# request head for http://fixture.example/ instead of the ClientHello
+# (`loadgen run --http`), the connection phases only.
 TARGETS=(direct sniroute sniroute-copy haproxy nginx sniproxy
-         sniroute-deferred haproxy-deferred floor sniroute-kernel)
+         sniroute-deferred haproxy-deferred floor sniroute-kernel
+         sniroute-http sniproxy-http)
 [[ -n "${CANDIDATE:-}" ]] && TARGETS=(direct sniroute sniroute-candidate "${TARGETS[@]:2}")
 [[ -n "${ONLY:-}" ]] && read -r -a TARGETS <<<"$ONLY"
 
@@ -210,16 +216,23 @@ stream {
 EOF
 }
 
-sniproxy_config() {
+# sniroute serving plain HTTP on $1 (its TLS listener on $1 + 300, unused).
+sniroute_http_config() {
+    sniroute_config "$(($1 + 300))" true false |
+        sed "s#^backend = \"$BACKEND\"#&\nhttp_backends = [\"$BACKEND\"]#"
+    printf '[http]\nlisten = ["127.0.0.1:%s"]\n' "$1"
+}
+
+sniproxy_config() { # $1 = port, $2 = listener protocol (tls or http)
     cat <<EOF
 user root
-pidfile $OUT/sniproxy.pid
+pidfile $OUT/sniproxy-${2:-tls}.pid
 error_log {
     filename $OUT/sniproxy-error.log
     priority error
 }
 listener 127.0.0.1:$1 {
-    protocol tls
+    protocol ${2:-tls}
     table fixture
 }
 table fixture {
@@ -234,6 +247,10 @@ EOF
 start() {
     local name=$1 port=${PORT[$1]}
     case $name in
+    sniroute-http)
+        sniroute_http_config "$port" >"$OUT/$name.toml"
+        SNIROUTE_LOG=warn "$SNIROUTE" run -c "$OUT/$name.toml" 2>"$OUT/$name.log" &
+        ;;
     sniroute | sniroute-copy | sniroute-candidate | sniroute-deferred)
         local splice=true defer=false
         [[ $name == sniroute-copy ]] && splice=false
@@ -255,9 +272,11 @@ start() {
     floor)
         "$LOADGEN" floor "127.0.0.1:$port" 2>"$OUT/floor.log" &
         ;;
-    sniproxy)
-        sniproxy_config "$port" >"$OUT/sniproxy.conf"
-        sniproxy -f -c "$OUT/sniproxy.conf" 2>"$OUT/sniproxy.log" &
+    sniproxy | sniproxy-http)
+        local protocol=tls
+        [[ $name == sniproxy-http ]] && protocol=http
+        sniproxy_config "$port" "$protocol" >"$OUT/$name.conf"
+        sniproxy -f -c "$OUT/$name.conf" 2>"$OUT/$name.log" &
         ;;
     esac
     PROXY_PID=$!
@@ -331,6 +350,7 @@ binary_for() {
     sniroute-candidate) echo "$CANDIDATE" ;;
     sniroute*) echo "$SNIROUTE" ;;
     floor) echo "$LOADGEN" ;;
+    *-http) echo "${1%-http}" ;;
     *) echo "${1%-deferred}" ;;
     esac
 }
@@ -363,6 +383,7 @@ for name in "${TARGETS[@]}"; do
     direct) args+=(--phases bulk1,bulk8,rate) ;;
     floor) args+=(--phases reject) ;;
     *-deferred) args+=(--phases rate,reject) ;;
+    *-http) args+=(--http --phases rate,reject) ;;
     sniroute | sniroute-candidate) args+=(--phases "$PROXY_PHASES,banned") ;;
     *) args+=(--phases "$PROXY_PHASES") ;;
     esac

@@ -1,12 +1,14 @@
-//! The stand-in backend: skips the ClientHello (it parses it with sniroute's
-//! own parser, so it knows where the hello ends whatever the framing), reads
-//! the command, and pings, holds or moves bulk bytes.
+//! The stand-in backend: skips the ClientHello or, in the plain-HTTP rows,
+//! the request head (it parses them with sniroute's own parsers, so it knows
+//! where they end whatever the framing), reads the command, and pings, holds
+//! or moves bulk bytes.
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use sniroute::clienthello::{self, Verdict};
+use sniroute::httphead;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -44,6 +46,16 @@ async fn handle(mut conn: TcpStream) -> io::Result<()> {
     let hello_len = loop {
         if conn.read_buf(&mut buf).await? == 0 {
             return Ok(()); // a probe (readiness check) or a reject the proxy let through
+        }
+        // A handshake record starts with 22; anything else is an HTTP head.
+        if buf.first() != Some(&22) {
+            match httphead::parse(&buf, MAX_HELLO) {
+                httphead::Verdict::NeedMore => continue,
+                httphead::Verdict::Request(request) => break request.len,
+                httphead::Verdict::Reject(outcome) => {
+                    return Err(io::Error::other(format!("not a request: {outcome:?}")));
+                }
+            }
         }
         match clienthello::parse(&buf, MAX_HELLO) {
             Verdict::NeedMore => {}

@@ -110,6 +110,10 @@ struct RunArgs {
     /// Result file (JSON), rewritten after each phase.
     #[arg(long)]
     out: PathBuf,
+    /// Open connections with a plain HTTP request head for the routed host
+    /// (a plain-HTTP listener) instead of the ClientHello.
+    #[arg(long)]
+    http: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -221,6 +225,9 @@ async fn quiet(below: f64, secs: f64) -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    if args.http {
+        wire::use_http();
+    }
     let target = Target {
         addr: args.target,
         pids: args.pids.clone(),

@@ -1,8 +1,10 @@
 //! What the load generator and the stand-in backend say to each other through
 //! the proxy: a real ClientHello (which the proxy routes on and the backend
-//! skips), then a fixed-size command telling the backend what to do.
+//! skips) — or, against a plain-HTTP listener (`--http`), a curl-like request
+//! head — then a fixed-size command telling the backend what to do.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A real curl 7.88 ClientHello (517 bytes) naming `fixture.example`: the
 /// common size, and what every proxy under test must route.
@@ -13,13 +15,36 @@ const ROUTED_NAME: &[u8] = b"fixture.example";
 /// A name no proxy routes, of the same length so no length field changes.
 const UNKNOWN_NAME: &[u8] = b"nomatch.example";
 
-/// [`HELLO`] naming [`UNKNOWN_NAME`]: a valid hello every proxy must reject.
+/// The request head curl sends for `http://fixture.example/` (plain-HTTP rows).
+const HTTP_HEAD: &[u8] =
+    b"GET / HTTP/1.1\r\nHost: fixture.example\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\n\r\n";
+
+/// Whether the opening is [`HTTP_HEAD`] instead of [`HELLO`] (`run --http`).
+static HTTP: AtomicBool = AtomicBool::new(false);
+
+/// Speak plain HTTP from now on: the opening is a request head naming the host.
+pub fn use_http() {
+    HTTP.store(true, Ordering::Relaxed);
+}
+
+/// What opens a connection: the hello, or in HTTP mode the request head.
+fn first_bytes() -> &'static [u8] {
+    if HTTP.load(Ordering::Relaxed) {
+        HTTP_HEAD
+    } else {
+        HELLO
+    }
+}
+
+/// The opening naming [`UNKNOWN_NAME`]: a valid hello (or request head)
+/// every proxy must reject.
 pub fn unknown_hello() -> io::Result<Vec<u8>> {
-    let at = HELLO
+    let opening = first_bytes();
+    let at = opening
         .windows(ROUTED_NAME.len())
         .position(|w| w == ROUTED_NAME)
         .ok_or_else(|| io::Error::other("fixture hello does not name fixture.example"))?;
-    let mut hello = HELLO.to_vec();
+    let mut hello = opening.to_vec();
     hello[at..at + UNKNOWN_NAME.len()].copy_from_slice(UNKNOWN_NAME);
     Ok(hello)
 }
@@ -76,7 +101,7 @@ impl Command {
 
 /// The hello and a command in one buffer, sent with one write (one segment).
 pub fn opening(command: Command) -> Vec<u8> {
-    let mut out = HELLO.to_vec();
+    let mut out = first_bytes().to_vec();
     out.extend_from_slice(&command.encode());
     out
 }

@@ -56,7 +56,7 @@ trap cleanup EXIT
 
 step "lintian $deb"
 # --fail-on error: warnings and notes are printed, only errors fail.
-lintian --fail-on error --no-tag-display-limit "$deb" | tee "$work/lintian.txt"
+lintian --fail-on error --tag-display-limit 0 "$deb" | tee "$work/lintian.txt"
 ! grep -q '^E:' "$work/lintian.txt" || fail "lintian reports errors"
 
 step "apt install $deb"
