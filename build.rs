@@ -55,8 +55,9 @@ const PACKAGED_HEADER: &str = "\
 # /etc/sniroute/sniroute.toml, installed by the sniroute package.
 #
 # Safe to start as is: it listens on loopback only (127.0.0.1:8443 and
-# [::1]:8443), routes one example name to 127.0.0.1:9443, and never bans the
-# machine itself (ban.ignore keeps its default, loopback). Then:
+# [::1]:8443; plain HTTP on :8080), routes one example name to
+# 127.0.0.1:9443 (HTTP: :9080), and never bans the machine itself
+# (ban.ignore keeps its default, loopback). Then:
 #
 #   sniroute check /etc/sniroute/sniroute.toml   # validate, print a summary
 #   systemctl enable --now sniroute              # start, and at every boot
