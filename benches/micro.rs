@@ -16,9 +16,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use ipnet::IpNet;
 use sniroute::clienthello::{self, Verdict};
 use sniroute::config::{BanConfig, HostPattern, RateLimitConfig, Route};
 use sniroute::guard::Guard;
+use sniroute::guard::remote::{Decision, RemoteUpdate};
 use sniroute::hostname::HostName;
 use sniroute::outcome::Outcome;
 use sniroute::proxyheader::{self, Endpoints};
@@ -181,7 +183,48 @@ fn admit(c: &mut Criterion) {
     if verdict != Err(Outcome::Banned) {
         eprintln!("note: admit(banned) gave {verdict:?}; is the guard implemented?");
     }
+
+    // A community blocklist pulled from CrowdSec: 100,000 remote decisions
+    // (/32s and a thousand IPv6 /64 ranges) beside the local table.
+    let guard = Guard::new(&ban, &no_limit()).expect("guard");
+    guard.apply_remote(RemoteUpdate::Full(blocklist(guard.unix_millis() / 1000)));
+    let clean = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
+    let listed = IpAddr::V4(Ipv4Addr::new(10, 0, 150, 7));
+    group.bench_function("clean_ip_100k_remote_decisions", |b| {
+        b.iter(|| guard.admit(black_box(clean)));
+    });
+    group.bench_function("remote_banned_ip_100k_remote_decisions", |b| {
+        b.iter(|| guard.admit(black_box(listed)));
+    });
     group.finish();
+}
+
+/// No rate limit: the ban lookups alone.
+fn no_limit() -> RateLimitConfig {
+    RateLimitConfig {
+        per_ip: 0,
+        burst: 0,
+    }
+}
+
+/// 100,000 decisions ending in a day: 99,000 IPv4 addresses in 10/8 and
+/// 1,000 IPv6 /64 ranges, the shape of CrowdSec's community blocklist.
+fn blocklist(now: u64) -> Vec<Decision> {
+    (0..100_000u32)
+        .map(|i| {
+            let net = if i < 99_000 {
+                IpNet::from(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | i)))
+            } else {
+                let addr =
+                    std::net::Ipv6Addr::from((0x2001_0db8_u128 << 96) | (u128::from(i) << 64));
+                IpNet::new(IpAddr::V6(addr), 64).expect("a /64")
+            };
+            Decision {
+                net,
+                expires_at: now + 86_400,
+            }
+        })
+        .collect()
 }
 
 /// `proxyheader::parse` on what HAProxy sends (`send-proxy` and

@@ -7,7 +7,8 @@
 //!   HTTP/1.x request head (`[http]` listeners); `peek`: read either off a socket;
 //! - `routes`: name (+ ALPN) -> route; `cidr`: a route's `allow` set;
 //!   `balance`: a route's backend pool (policy, health, checks);
-//! - `guard`: strikes, bans, rate limits;
+//! - `guard`: strikes, bans, rate limits, and the remote (CrowdSec) decisions;
+//! - `crowdsec`: the LAPI bouncer (pull) and machine (push), at the edge;
 //! - `listener`: accept loops; `conn`: one connection, start to end;
 //! - `forward`: backend connect and the two-way relay (splice on Linux);
 //! - `shared`: the state below listeners, connections and the admin socket;

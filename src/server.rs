@@ -21,6 +21,7 @@ use crate::conn::Protocol;
 use crate::crowdsec::{self, Crowdsec};
 use crate::firewall::Firewall;
 use crate::guard::Guard;
+use crate::guard::remote::RemoteUpdate;
 use crate::lifecycle;
 use crate::listener;
 pub use crate::shared::Control;
@@ -279,8 +280,16 @@ impl CrowdsecSlot {
         if self.running.as_ref().map(|c| &c.config) == wanted {
             return Ok(());
         }
-        self.running = None;
+        let was_running = self.running.take().is_some();
         self.status.store(None);
+        if was_running && wanted.is_none() {
+            // [crowdsec] is off now: its decisions go with it.
+            let lifted = shared.guard.apply_remote(RemoteUpdate::Full(Vec::new()));
+            tracing::info!(
+                lifted = lifted.lifted,
+                "crowdsec: off; remote decisions dropped"
+            );
+        }
         if let Some(config) = wanted {
             let state = snapshot.config.ban.state_file.as_deref();
             let started = crowdsec::start(config, &shared.guard, state)?;

@@ -188,10 +188,14 @@ impl Guard {
         applied
     }
 
+    /// The `Added` of a remote decision. When a local ban on the same net
+    /// ends later, its end is told instead: a listener keeping one element
+    /// per net (the kernel set) must not shorten it.
     fn remote_added(&self, net: IpNet, expires_at: u64) -> BanEvent {
+        let local_end = self.bans.get(&net).map_or(0, |e| e.expires_at);
         BanEvent::Added {
             net,
-            expires_at,
+            expires_at: expires_at.max(local_end),
             origin: Origin::Remote,
             kernel: self.kernel_may_enforce(&net),
         }
