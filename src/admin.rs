@@ -463,15 +463,23 @@ fn plain_error(e: &io::Error) -> String {
     }
 }
 
+/// Writes `text` to stdout. A reader that went away (`sniroute bans list |
+/// head`) is not an error worth a panic: the rest is dropped quietly.
+pub fn print_out(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
 /// Sends `request`, prints the answer (one JSON document with `json`,
 /// human text otherwise) and returns the exit status: 0 done, 1 refused.
 /// `Err` when the daemon cannot be reached (print it, exit 2).
 pub async fn run_command(socket: &Path, request: &Request, json: bool) -> anyhow::Result<u8> {
     let response = self::request(socket, request).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&response)?);
+        print_out(&format!("{}\n", serde_json::to_string_pretty(&response)?));
     } else {
-        print!("{}", response.human());
+        print_out(&response.human());
     }
     Ok(if response.is_refused() { 1 } else { 0 })
 }

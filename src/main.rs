@@ -90,8 +90,12 @@ fn admin(args: &AdminArgs, request: Request) -> ExitCode {
 fn check(path: &std::path::Path) -> ExitCode {
     match config::load(path) {
         Ok(config) => {
-            println!("{}: configuration is valid", path.display());
-            println!("{}", config.summary());
+            let text = format!(
+                "{}: configuration is valid\n{}\n",
+                path.display(),
+                config.summary()
+            );
+            sniroute::admin::print_out(&text);
             ExitCode::SUCCESS
         }
         Err(e @ LoadError::Unreadable { .. }) => {
