@@ -24,7 +24,7 @@ impl CidrSet {
     pub fn new(nets: &[IpNet]) -> CidrSet {
         let mut set = CidrSet::default();
         for &net in nets {
-            let net = canonical(net);
+            let net = canonical_net(net);
             let lengths = match net {
                 IpNet::V4(_) => &mut set.v4_lengths,
                 IpNet::V6(_) => &mut set.v6_lengths,
@@ -60,8 +60,9 @@ impl CidrSet {
     }
 }
 
-/// Host bits cleared; `::ffff:a.b.c.d/len` (len >= 96) as the IPv4 network.
-fn canonical(net: IpNet) -> IpNet {
+/// Canonical form of a network for use as a map key: host bits cleared and an
+/// IPv4-mapped IPv6 network (`::ffff:0:0/96` and longer) turned into IPv4.
+pub fn canonical_net(net: IpNet) -> IpNet {
     /// `::ffff:0:0/96` has 96 bits before the embedded IPv4 address.
     const MAPPED_PREFIX_BITS: u8 = 96;
     if let IpNet::V6(v6) = net

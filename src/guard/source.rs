@@ -18,20 +18,7 @@ pub fn source_of(ip: IpAddr, v6_prefix: u8) -> IpNet {
     }
 }
 
-/// Canonical form of a network for use as a map key: host bits cleared and an
-/// IPv4-mapped IPv6 network (`::ffff:0:0/96` and longer) turned into IPv4.
-pub fn canonical_net(net: IpNet) -> IpNet {
-    /// `::ffff:0:0/96` has 96 bits before the embedded IPv4 address.
-    const MAPPED_PREFIX_BITS: u8 = 96;
-    if let IpNet::V6(v6) = net
-        && let Some(v4) = v6.addr().to_ipv4_mapped()
-        && v6.prefix_len() >= MAPPED_PREFIX_BITS
-        && let Ok(v4net) = Ipv4Net::new(v4, v6.prefix_len() - MAPPED_PREFIX_BITS)
-    {
-        return IpNet::V4(v4net.trunc());
-    }
-    net.trunc()
-}
+pub use crate::cidr::canonical_net;
 
 /// The `ban.ignore` networks, canonicalised once.
 #[derive(Debug, Clone, Default)]
