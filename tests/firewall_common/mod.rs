@@ -129,6 +129,9 @@ pub struct Element {
     pub value: String,
     /// Seconds the kernel keeps it from now.
     pub expires: u64,
+    /// Unix seconds when the element expires: read time + `expires`, so a
+    /// test can compare it with a ban's `expires_at` however slow it is.
+    pub expires_at: u64,
 }
 
 /// The elements of set `set` of table `inet table`; `None` when the table
@@ -164,9 +167,11 @@ fn element(item: &serde_json::Value) -> Element {
         }
         other => panic!("unexpected element {other}"),
     };
+    let expires = elem["expires"].as_u64().unwrap_or(0);
     Element {
         value,
-        expires: elem["expires"].as_u64().unwrap_or(0),
+        expires,
+        expires_at: now() + expires,
     }
 }
 
