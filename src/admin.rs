@@ -30,7 +30,7 @@ use crate::guard::Guard;
 use crate::guard::bans::Ban;
 use crate::guard::clock::rfc3339 as time;
 use crate::outcome::Outcome;
-use crate::shared::Control;
+use crate::shared::{Control, Shared, Snapshot};
 
 /// Longest request line accepted; a real request is under 200 bytes.
 const MAX_REQUEST: u64 = 4096;
@@ -138,6 +138,23 @@ pub struct StatusReport {
     /// The CrowdSec LAPI's state, when `[crowdsec]` is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crowdsec: Option<crowdsec::Report>,
+    /// Every route's backends (`backends`, then `http_backends`), in config order.
+    #[serde(default)]
+    pub backends: Vec<BackendStatus>,
+}
+
+/// One backend of one route in `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub route: String,
+    /// `tls` (the route's `backends`) or `http` (its `http_backends`).
+    pub kind: String,
+    pub backend: String,
+    /// `up`, `down` (taken out by the health check) or `skipped` (refused a
+    /// client connection less than 10 s ago).
+    pub state: String,
+    /// Connections open to it now.
+    pub active: u64,
 }
 
 /// The bound admin socket. Dropping it removes the socket file (if it is
@@ -150,6 +167,8 @@ pub struct AdminServer {
     inode: (u64, u64),
     /// The kernel bans' state, for `status`; `None` reads as `none`.
     firewall: Option<Arc<firewall::Status>>,
+    /// The routes in force, for the backends in `status`.
+    shared: Option<Arc<Shared>>,
 }
 
 impl AdminServer {
@@ -175,12 +194,19 @@ impl AdminServer {
             inode: (meta.dev(), meta.ino()),
             firewall: None,
             crowdsec: Arc::default(),
+            shared: None,
         })
     }
 
     /// Reports `firewall` in `status` (the line `Firewall: ...`).
     pub fn with_firewall(mut self, firewall: Arc<firewall::Status>) -> AdminServer {
         self.firewall = Some(firewall);
+        self
+    }
+
+    /// Shows the backends of the routes in force (at each request) in `status`.
+    pub fn with_backends(mut self, shared: Arc<Shared>) -> AdminServer {
+        self.shared = Some(shared);
         self
     }
 
@@ -207,11 +233,13 @@ impl AdminServer {
                     let (guard, control) = (guard.clone(), control.clone());
                     let crowdsec = self.crowdsec.load_full();
                     let firewall = self.firewall.clone();
+                    let snapshot = self.shared.as_ref().map(|s| s.snapshot());
                     tokio::spawn(async move {
                         let status = Ctx {
                             guard: &guard,
                             crowdsec: crowdsec.as_deref(),
                             firewall: firewall.as_deref(),
+                            snapshot: snapshot.as_deref(),
                         };
                         if let Err(e) = answer(stream, status, control.as_ref()).await {
                             tracing::debug!(error = %e, "admin connection failed");
@@ -367,6 +395,7 @@ struct Ctx<'a> {
     guard: &'a Guard,
     crowdsec: Option<&'a crowdsec::Status>,
     firewall: Option<&'a firewall::Status>,
+    snapshot: Option<&'a Snapshot>,
 }
 
 fn status(ctx: Ctx<'_>) -> StatusReport {
@@ -386,7 +415,25 @@ fn status(ctx: Ctx<'_>) -> StatusReport {
         firewall: ctx
             .firewall
             .map_or_else(no_firewall, firewall::Status::line),
+        backends: ctx.snapshot.map(backends).unwrap_or_default(),
     }
+}
+
+/// The backends of every route in `snapshot`, for `status`.
+fn backends(snapshot: &Snapshot) -> Vec<BackendStatus> {
+    let tls = snapshot.pools.iter().map(|p| ("tls", &**p));
+    let http = snapshot.http_pools.iter().flatten().map(|p| ("http", &**p));
+    tls.chain(http)
+        .flat_map(|(kind, pool)| {
+            pool.states().map(move |(addr, state, active)| BackendStatus {
+                route: pool.route().to_owned(),
+                kind: kind.to_owned(),
+                backend: addr.to_string(),
+                state: state.to_owned(),
+                active: u64::try_from(active).unwrap_or(u64::MAX),
+            })
+        })
+        .collect()
 }
 
 /// What `status` says without kernel bans.
@@ -522,8 +569,27 @@ impl StatusReport {
         if let Some(c) = &self.crowdsec {
             out.push_str(&crowdsec_lines(c));
         }
+        if !self.backends.is_empty() {
+            out.push_str(&backend_lines(&self.backends));
+        }
         out
     }
+}
+
+/// The backends part of `status`, aligned like `bans list`:
+/// `  vault  tls  10.0.0.5:443  up  3 open`.
+fn backend_lines(backends: &[BackendStatus]) -> String {
+    let width = |f: fn(&BackendStatus) -> usize| backends.iter().map(f).max().unwrap_or(0);
+    let (route_w, addr_w) = (width(|b| b.route.len()), width(|b| b.backend.len()));
+    let mut out = String::from("Backends:\n");
+    for b in backends {
+        let _ = writeln!(
+            out,
+            "  {:<route_w$}  {:<4}  {:<addr_w$}  {:<7}  {} open",
+            b.route, b.kind, b.backend, b.state, b.active
+        );
+    }
+    out
 }
 
 /// The CrowdSec part of `status`.
@@ -656,8 +722,29 @@ mod tests {
             rate_limit_keys: 3,
             firewall: "nftables inet sniroute, 2 elements".to_owned(),
             crowdsec: None,
+            backends: vec![
+                BackendStatus {
+                    route: "vault".to_owned(),
+                    kind: "tls".to_owned(),
+                    backend: "10.0.0.5:443".to_owned(),
+                    state: "up".to_owned(),
+                    active: 3,
+                },
+                BackendStatus {
+                    route: "git.example.org".to_owned(),
+                    kind: "http".to_owned(),
+                    backend: "[2001:db8::6]:80".to_owned(),
+                    state: "down".to_owned(),
+                    active: 0,
+                },
+            ],
         };
         let text = report.human();
+        assert!(text.contains(
+            "Backends:\n\
+             \x20 vault            tls   10.0.0.5:443      up       3 open\n\
+             \x20 git.example.org  http  [2001:db8::6]:80  down     0 open\n"
+        ), "{text}");
         assert!(
             text.lines()
                 .any(|l| l == "Firewall: nftables inet sniroute, 2 elements")

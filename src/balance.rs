@@ -63,6 +63,23 @@ impl Backend {
         !self.checked_down.load(Ordering::Relaxed) && !self.skipped(now_ms)
     }
 
+    /// Its state for `status`: `up`, `down` (health check) or `skipped`
+    /// (refused a client connection less than [`PASSIVE_SKIP`] ago).
+    pub fn state(&self, now_ms: impl Fn() -> u64) -> &'static str {
+        if self.checked_down.load(Ordering::Relaxed) {
+            "down"
+        } else if self.skipped(now_ms) {
+            "skipped"
+        } else {
+            "up"
+        }
+    }
+
+    /// Connections open to it through this pool.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
     fn skipped(&self, now_ms: impl Fn() -> u64) -> bool {
         let until = self.skip_until.load(Ordering::Relaxed);
         until != 0 && until > now_ms()
@@ -187,6 +204,18 @@ impl Pool {
     /// The backends, in config order.
     pub fn backends(&self) -> &[Backend] {
         &self.backends
+    }
+
+    /// The route it belongs to (its label in metrics and logs).
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// Each backend with its state and open connections, for `status`.
+    pub fn states(&self) -> impl Iterator<Item = (SocketAddr, &'static str, usize)> + '_ {
+        self.backends
+            .iter()
+            .map(|b| (b.addr, b.state(|| self.now_ms()), b.active()))
     }
 
     fn now_ms(&self) -> u64 {

@@ -5,11 +5,12 @@
 //! | signal | effect |
 //! |---|---|
 //! | `SIGHUP` | reload the config ([`Control::Reload`]) |
-//! | `SIGTERM`, `SIGINT` | stop, drain ([`Control::Stop`]); a second one ends the drain |
+//! | `SIGTERM`, `SIGINT`, `SIGQUIT` | stop, drain ([`Control::Stop`]); a second one ends the drain |
 //! | `SIGUSR1` | reopen the access log, nothing else ([`Control::ReopenLogs`]), like nginx |
 //! | `SIGUSR2`, `SIGALRM`, `SIGIO` | logged and ignored |
 //! | `SIGPIPE` | ignored: a write to a closed peer fails with `EPIPE` instead |
 //!
+//! SIGQUIT is nginx's graceful stop; by default it would dump core.
 //! SIGUSR2, SIGALRM and SIGIO would end the process by default (an operator
 //! used to nginx sends SIGUSR2 for a binary upgrade): here they only leave a
 //! warning in the log. SIGWINCH keeps its default (ignored, silently: a
@@ -38,6 +39,7 @@ pub fn spawn_signal_handler(tx: mpsc::Sender<Control>) -> std::io::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut quit = signal(SignalKind::quit())?;
     let mut usr1 = signal(SignalKind::user_defined1())?;
     for (kind, name) in IGNORED {
         spawn_ignored(signal(kind)?, name);
@@ -48,9 +50,10 @@ pub fn spawn_signal_handler(tx: mpsc::Sender<Control>) -> std::io::Result<()> {
                 _ = hup.recv() => Control::Reload(None),
                 _ = term.recv() => Control::Stop,
                 _ = int.recv() => Control::Stop,
+                _ = quit.recv() => Control::Stop,
                 _ = usr1.recv() => Control::ReopenLogs,
             };
-            // A second SIGTERM/SIGINT during the drain is passed on too: it
+            // A second SIGTERM/SIGINT/SIGQUIT during the drain is passed on too: it
             // cuts the grace short, as an impatient operator expects.
             if tx.send(control).await.is_err() {
                 return;

@@ -56,6 +56,19 @@ pub fn bind(addr: SocketAddr, defer_accept: bool) -> io::Result<std::net::TcpLis
     Ok(socket.into())
 }
 
+/// Whether binding `addr` failed only because this host runs without IPv6
+/// (booted with `ipv6.disable=1`, or `disable_ipv6` set everywhere): the
+/// caller skips that listener with a warning, so a config listening on both
+/// `127.0.0.1` and `[::1]` (the shipped one) still starts on such a host.
+/// An IPv6 address missing on a host that has IPv6 stays an error.
+pub fn ipv6_unavailable(addr: SocketAddr, error: &io::Error) -> bool {
+    use rustix::io::Errno;
+    let errno = error.raw_os_error().map(Errno::from_raw_os_error);
+    addr.is_ipv6()
+        && matches!(errno, Some(Errno::AFNOSUPPORT | Errno::ADDRNOTAVAIL))
+        && std::fs::read_to_string("/proc/net/if_inet6").map_or(true, |s| s.trim().is_empty())
+}
+
 /// Accepts on `listener` until `stop` turns true; its clients speak `protocol`.
 pub async fn accept_loop(
     listener: Arc<AsyncFd<std::net::TcpListener>>,

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use arc_swap::ArcSwapOption;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
@@ -54,14 +54,19 @@ impl Server {
     /// Builds the server and binds every `listen` and `[http] listen`
     /// address of `config`. `config_path` is what a reload reads.
     pub fn bind(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Server> {
-        let listeners = wanted(&config)
-            .into_iter()
-            .map(|(addr, protocol)| {
-                let l = listener::bind(addr, config.defer_accept)
-                    .with_context(|| format!("cannot listen on {addr}"))?;
-                Ok((addr, protocol, l))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut listeners = Vec::new();
+        for (addr, protocol) in wanted(&config) {
+            match listener::bind(addr, config.defer_accept) {
+                Ok(l) => listeners.push((addr, protocol, l)),
+                Err(e) if listener::ipv6_unavailable(addr, &e) => {
+                    tracing::warn!("not listening on {addr}: this host has no IPv6 ({e})");
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot listen on {addr}")),
+            }
+        }
+        if listeners.is_empty() {
+            bail!("no listener could be bound (this host has no IPv6)");
+        }
         Server::with_listeners(config, config_path, listeners)
     }
 
@@ -165,7 +170,8 @@ impl Server {
             Some(path) => {
                 let admin = AdminServer::bind(path)?
                     .with_crowdsec(Arc::clone(&crowdsec.status))
-                    .with_firewall(firewall.status());
+                    .with_firewall(firewall.status())
+                    .with_backends(Arc::clone(&shared));
                 Some(tokio::spawn(
                     admin.serve(Arc::clone(&shared.guard), Some(admin_tx)),
                 ))
@@ -451,8 +457,14 @@ impl Accepting {
             let l = match moved {
                 Some(l) => l,
                 None => {
-                    let l = listener::bind(addr, defer_accept)
-                        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+                    let l = match listener::bind(addr, defer_accept) {
+                        Ok(l) => l,
+                        Err(e) if listener::ipv6_unavailable(addr, &e) => {
+                            tracing::warn!("not listening on {addr}: this host has no IPv6 ({e})");
+                            continue;
+                        }
+                        Err(e) => return Err(format!("cannot listen on {addr}: {e}")),
+                    };
                     let l = crate::sys::register_listener(l)
                         .map_err(|e| format!("cannot register listener {addr}: {e}"))?;
                     Arc::new(l)

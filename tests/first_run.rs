@@ -324,6 +324,16 @@ fn the_packaged_config_is_safe_to_start_as_is() {
         "loopback only: {:?}",
         c.listen
     );
+    assert!(
+        c.http.listen.iter().all(|a| a.ip().is_loopback()),
+        "loopback only: {:?}",
+        c.http.listen
+    );
+    // 8080 is where CrowdSec's Local API listens by default, on loopback too.
+    assert!(
+        c.listen.iter().chain(&c.http.listen).all(|a| a.port() != 8080),
+        "no port shared with CrowdSec's LAPI"
+    );
     assert_eq!(c.routes.len(), 1, "one example route");
     for ip in ["127.0.0.1", "127.0.0.2", "::1"] {
         let ip: IpAddr = ip.parse().unwrap();

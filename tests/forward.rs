@@ -399,10 +399,13 @@ both_paths!(backend_reset, backend_reset_splice, backend_reset_copy);
 
 // ---------------------------------------------------------------- connect
 
-/// A loopback address where nothing listens: bound, then closed.
+/// A loopback address where nothing listens: port 1 (never handed out for
+/// port 0, unlike a port bound and released, which a listener of a test
+/// running alongside could take) on a loopback address of its own.
 fn refusing_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let [.., hi, lo] = NEXT.fetch_add(1, Ordering::Relaxed).to_be_bytes();
+    SocketAddr::from(([127, 2, hi, lo], 1))
 }
 
 #[tokio::test]

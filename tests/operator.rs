@@ -149,6 +149,17 @@ fn stray_signals_leave_it_running_and_routing() {
     assert!(status.success(), "clean exit: {status}");
 }
 
+/// SIGQUIT is nginx's graceful stop: here it drains and exits like SIGTERM,
+/// where its default would kill the process with a core dump.
+#[test]
+fn sigquit_stops_gracefully_like_nginx() {
+    let conf = Conf::new().route(ROUTED, tagged_echo_backend(b'A'));
+    let daemon = Daemon::start(&conf);
+    assert_eq!(routed_tag(loopback(ME), conf.listen[0], ROUTED), Some(b'A'));
+    let status = daemon.stop_by(Signal::QUIT);
+    assert!(status.success(), "a clean exit after SIGQUIT: {status}");
+}
+
 /// `YYYY-MM-DDT` anywhere in `line`: the start of an RFC 3339 timestamp.
 fn has_timestamp(line: &str) -> bool {
     line.as_bytes().windows(11).any(|w| {
@@ -293,7 +304,7 @@ fn logrotate_accepts_the_snippet_and_the_daemon_follows_a_rotation() {
     for wanted in ["daily", "rotate 14", "compress", "missingok", "notifempty"] {
         assert!(snippet.contains(wanted), "{wanted}");
     }
-    assert!(snippet.contains("systemctl kill -s USR1 sniroute.service"));
+    assert!(snippet.contains("systemctl kill --kill-whom=main -s USR1 sniroute.service"));
 
     // For real, on a live daemon's log: the test's directory instead of
     // /var/log/sniroute, and SIGUSR1 to this daemon instead of the service.

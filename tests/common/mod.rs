@@ -343,10 +343,15 @@ pub async fn recorded(rx: &mut mpsc::UnboundedReceiver<Vec<u8>>) -> Vec<u8> {
         .expect("backend channel closed")
 }
 
-/// An address nothing listens on: bound, then released (connections are refused).
+/// An address nothing listens on, so connections to it are refused: port 1
+/// (tcpmux, never handed out for port 0, which every test listener binds)
+/// on a loopback address of its own. A port bound and then released could
+/// be taken by a listener of a test running alongside.
 pub fn refusing_addr() -> SocketAddr {
-    let l = StdListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let [hi, lo] = n.to_be_bytes();
+    SocketAddr::from(([127, 1, hi, lo], 1))
 }
 
 /// A listener whose accept queue is full and never drained, so new SYNs to it

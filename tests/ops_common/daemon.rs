@@ -258,10 +258,15 @@ impl Daemon {
     }
 
     /// SIGTERM, then waits (bounded) for the exit status.
-    pub fn stop(mut self) -> ExitStatus {
-        self.signal(Signal::TERM);
+    pub fn stop(self) -> ExitStatus {
+        self.stop_by(Signal::TERM)
+    }
+
+    /// Sends `signal`, then waits (bounded) for the exit status.
+    pub fn stop_by(mut self, signal: Signal) -> ExitStatus {
+        self.signal(signal);
         let child = &mut self.child;
-        wait_until("sniroute to exit after SIGTERM", WAIT, || {
+        wait_until(&format!("sniroute to exit after {signal:?}"), WAIT, || {
             child.try_wait().expect("try_wait")
         })
     }

@@ -26,7 +26,7 @@ if dpkg-query -W -f='${Status}' sniroute 2>/dev/null | grep -q 'ok installed'; t
     fail "a sniroute package is already installed here; not touching it"
 fi
 # Loopback only, the shipped config's ports: they must be free for the run.
-for port in 8443 8080 9151; do
+for port in 8443 8880 9151; do
     if ss -Htln "sport = :$port" | grep -q .; then fail "port $port is taken"; fi
 done
 
