@@ -12,7 +12,9 @@ mod crowdsec_common;
 #[allow(dead_code)] // the helpers other test files use too
 mod ops_common;
 
+use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -59,11 +61,16 @@ impl Gateway {
                 pass.display()
             ));
         }
+        Gateway::with(dir, &crowdsec, backend, v6)
+    }
+
+    /// A gateway with its `[crowdsec]` section written by the caller.
+    fn with(dir: tempfile::TempDir, crowdsec: &str, backend: SocketAddr, v6: bool) -> Gateway {
         let mut conf = Conf::new().route(ROUTED, backend);
         if v6 {
             conf.listen.push(free_v6());
         }
-        conf.tail = Some(tail(dir.path(), conf.metrics, &crowdsec));
+        conf.tail = Some(tail(dir.path(), conf.metrics, crowdsec));
         let daemon = Daemon::start(&conf);
         Gateway { daemon, dir, conf }
     }
@@ -404,6 +411,81 @@ fn a_reload_turns_crowdsec_off_and_on_again() {
     gw.daemon.write_config(&gw.conf.toml());
     gw.daemon.signal(rustix::process::Signal::HUP);
     gw.wait_refuses(listed);
+}
+
+/// A hostile (or broken) LAPI: its first decision stream is a string
+/// without end. The pull fails within a bounded read — the daemon's memory
+/// stays small, the failure is counted and shown — the daemon routes
+/// meanwhile, and the next pull is a full resync (`startup=true`) that
+/// brings the decision a sane answer holds.
+#[test]
+fn a_hostile_lapi_costs_a_failed_pull_not_memory() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let lapi = listener.local_addr().unwrap();
+    let requests = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = Arc::clone(&requests);
+    // Serves until the test process ends (a pull a second).
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().enumerate() {
+            let Ok(mut conn) = conn else { continue };
+            let mut head = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            let _ = head.read_line(&mut line);
+            seen.lock().unwrap().push(line.trim().to_owned());
+            loop {
+                let mut header = String::new();
+                if head.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+                    break;
+                }
+            }
+            let ok = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n";
+            if n == 0 {
+                // Up to 1 GiB of one string, until the daemon hangs up.
+                let _ = conn.write_all(
+                    format!("{ok}\r\n{{\"new\":[{{\"scope\":\"Ip\",\"type\":\"ban\",\"value\":\"").as_bytes(),
+                );
+                let junk = vec![b'A'; 64 << 10];
+                for _ in 0..(1 << 14) {
+                    if conn.write_all(&junk).is_err() {
+                        break;
+                    }
+                }
+            } else {
+                let body = if line.contains("startup=true") {
+                    r#"{"deleted":null,"new":[{"duration":"1h","scope":"Ip","type":"ban","value":"127.0.0.5","id":1}]}"#
+                } else {
+                    r#"{"deleted":null,"new":null}"#
+                };
+                let _ = conn.write_all(
+                    format!("{ok}Content-Length: {}\r\n\r\n{body}", body.len()).as_bytes(),
+                );
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, "k").unwrap();
+    let crowdsec = format!(
+        "lapi_url = \"http://{lapi}\"\napi_key_file = \"{}\"\nupdate_frequency = \"1s\"\n",
+        key.display()
+    );
+    let gw = Gateway::with(dir, &crowdsec, tagged_echo_backend(9), false);
+    gw.daemon
+        .wait_metric_at_least("sniroute_crowdsec_pulls_total{result=\"error\"}", 1.0);
+    assert!(gw.routes(loopback(4)));
+    let rss = rss_kib(gw.daemon.pid());
+    assert!(rss < 64 << 10, "daemon RSS {rss} KiB after a hostile pull");
+    gw.wait_refuses(loopback(5));
+    let log = gw.daemon.stderr();
+    assert!(log.contains("a decision longer than 65536 bytes"), "{log}");
+    let requests = requests.lock().unwrap().clone();
+    assert!(requests.len() >= 2, "{requests:?}");
+    for (n, line) in requests.iter().take(2).enumerate() {
+        assert!(
+            line.starts_with("GET /v1/decisions/stream?startup=true "),
+            "request {n}: {line}"
+        );
+    }
 }
 
 /// Resident set size of this process, in bytes.

@@ -6,6 +6,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use reqwest::{Client, Response, StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +21,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// leaves room for a slow LAPI on SQLite without hanging a pull forever.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest stream body read: ~1.7 million decisions at ~150 bytes each,
-/// beyond any blocklist; a bigger answer is refused rather than held.
+/// beyond any blocklist. The body is parsed as it arrives, never held
+/// whole; this bounds the time a hostile or broken LAPI can keep a pull
+/// busy (with the request timeout).
 const MAX_BODY: usize = 256 << 20;
 /// A JWT is renewed this long before the `expire` the LAPI gave.
 const TOKEN_MARGIN: Duration = Duration::from_secs(60);
@@ -74,24 +77,18 @@ impl Lapi {
             .map_err(|e| LapiError::Body(format!("bad URL {path}: {e}")))
     }
 
-    /// `GET /v1/decisions/stream[?startup=true]`: the raw body.
-    pub async fn stream(&self, key: &str, startup: bool) -> Result<Vec<u8>, LapiError> {
+    /// `GET /v1/decisions/stream[?startup=true]`: the body, to be read as
+    /// it arrives.
+    pub async fn stream(&self, key: &str, startup: bool) -> Result<StreamBody, LapiError> {
         let mut url = self.url("v1/decisions/stream")?;
         if startup {
             url.set_query(Some("startup=true"));
         }
         let response = self.http.get(url).header("X-Api-Key", key).send().await?;
-        let mut response = ok(response).await?;
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await? {
-            if body.len() + chunk.len() > MAX_BODY {
-                return Err(LapiError::Body(format!(
-                    "decision stream larger than {MAX_BODY} bytes"
-                )));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
+        Ok(StreamBody {
+            response: ok(response).await?,
+            read: 0,
+        })
     }
 
     /// `POST /v1/watchers/login`: a JWT and when it expires.
@@ -169,6 +166,29 @@ impl Lapi {
             .await?;
         let answer: Answer = ok(response).await?.json().await?;
         Ok(answer.deleted.and_then(|n| n.parse().ok()).unwrap_or(0))
+    }
+}
+
+/// A decision stream's body, arriving.
+pub struct StreamBody {
+    response: Response,
+    read: usize,
+}
+
+impl StreamBody {
+    /// The next piece of the body; `None` at its end. A body beyond
+    /// [`MAX_BODY`] is an error.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, LapiError> {
+        let Some(chunk) = self.response.chunk().await? else {
+            return Ok(None);
+        };
+        self.read += chunk.len();
+        if self.read > MAX_BODY {
+            return Err(LapiError::Body(format!(
+                "decision stream larger than {MAX_BODY} bytes"
+            )));
+        }
+        Ok(Some(chunk))
     }
 }
 

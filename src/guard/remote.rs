@@ -60,7 +60,7 @@ pub struct Decision {
 }
 
 /// What a pull brought.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum RemoteUpdate {
     /// Changes since the last pull: `deleted` is applied before `new`.
     Delta {
@@ -69,6 +69,52 @@ pub enum RemoteUpdate {
     },
     /// Every decision in force: replaces the table.
     Full(Vec<Decision>),
+    /// The same, built aside as the decisions arrived ([`Guard::remote_set`]):
+    /// a startup pull streams them in without holding a list of them.
+    Built(RemoteSet),
+}
+
+/// A full picture of the remote decisions, built aside from the table in
+/// force; [`RemoteUpdate::Built`] puts it in force in one swap.
+#[derive(Debug)]
+pub struct RemoteSet {
+    table: RemoteTable,
+    now: u64,
+    full: bool,
+}
+
+impl RemoteSet {
+    /// Adds one decision (an ended one is left out; two on one net: the
+    /// later end holds). Beyond [`BAN_CAP`] nets, the rest is left out and
+    /// a warning logged when the set is put in force.
+    pub fn insert(&mut self, d: Decision) {
+        if self.full || d.expires_at <= self.now {
+            return;
+        }
+        let net = canonical_net(d.net);
+        let longer = self
+            .table
+            .get(&net)
+            .is_none_or(|e| e.expires_at() < d.expires_at);
+        if longer
+            && self
+                .table
+                .put(net, RemoteEntry::new(d.expires_at), self.now, true)
+                == Inserted::Full
+        {
+            self.full = true;
+        }
+    }
+
+    /// Nets in the set.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// True when the set holds no net.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
 }
 
 /// What [`Guard::apply_remote`] did, for the logs and the puller's status.
@@ -89,7 +135,12 @@ impl Guard {
         let _one_writer = lock(&self.remote_write);
         let mut applied = match update {
             RemoteUpdate::Delta { deleted, new } => self.remote_delta(&deleted, &new),
-            RemoteUpdate::Full(all) => self.remote_replace(&all),
+            RemoteUpdate::Full(all) => {
+                let mut set = self.remote_set();
+                all.into_iter().for_each(|d| set.insert(d));
+                self.remote_replace(set)
+            }
+            RemoteUpdate::Built(set) => self.remote_replace(set),
         };
         applied.total = self.remote.load().len();
         self.remote_gauge();
@@ -148,19 +199,20 @@ impl Guard {
         }
     }
 
-    fn remote_replace(&self, all: &[Decision]) -> Applied {
+    /// An empty [`RemoteSet`] to build a full picture in, as of now.
+    pub fn remote_set(&self) -> RemoteSet {
+        RemoteSet {
+            table: RemoteTable::default(),
+            now: self.clock.unix_secs(),
+            full: false,
+        }
+    }
+
+    fn remote_replace(&self, set: RemoteSet) -> Applied {
         let now = self.clock.unix_secs();
-        let table = RemoteTable::default();
-        for d in all.iter().filter(|d| d.expires_at > now) {
-            let net = canonical_net(d.net);
-            let longer = table
-                .get(&net)
-                .is_none_or(|e| e.expires_at() < d.expires_at);
-            if longer && table.put(net, RemoteEntry::new(d.expires_at), now, true) == Inserted::Full
-            {
-                self.table_full();
-                break;
-            }
+        let RemoteSet { table, full, .. } = set;
+        if full {
+            self.table_full();
         }
         let old = self.remote.swap(Arc::new(table));
         let table = self.remote.load();
