@@ -14,9 +14,9 @@ mod ops_common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener};
-use std::sync::{Arc, Mutex};
 use std::path::Path;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crowdsec_common::{Lapi, available, tail};
@@ -442,7 +442,8 @@ fn a_hostile_lapi_costs_a_failed_pull_not_memory() {
             if n == 0 {
                 // Up to 1 GiB of one string, until the daemon hangs up.
                 let _ = conn.write_all(
-                    format!("{ok}\r\n{{\"new\":[{{\"scope\":\"Ip\",\"type\":\"ban\",\"value\":\"").as_bytes(),
+                    format!("{ok}\r\n{{\"new\":[{{\"scope\":\"Ip\",\"type\":\"ban\",\"value\":\"")
+                        .as_bytes(),
                 );
                 let junk = vec![b'A'; 64 << 10];
                 for _ in 0..(1 << 14) {

@@ -21,8 +21,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use serde::de::Deserializer as _;
 use serde::Deserialize;
+use serde::de::Deserializer as _;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::guard::remote::Decision;
@@ -106,7 +106,8 @@ where
         taken: &taken,
         mark: &mark,
     };
-    let mut de = serde_json::Deserializer::from_reader(BufReader::with_capacity(READ_AHEAD, reader));
+    let mut de =
+        serde_json::Deserializer::from_reader(BufReader::with_capacity(READ_AHEAD, reader));
     let mut lists = Lists {
         sink: &mut sink,
         now_millis,
@@ -505,7 +506,8 @@ mod tests {
     #[test]
     fn a_decision_too_long_or_a_full_sink_stops_the_read() {
         let long = "9".repeat(MAX_DECISION_BYTES as usize + READ_AHEAD + 10);
-        let body = format!(r#"{{"new":[{{"scope":"Ip","type":"ban","value":"1.2.3.4","x":"{long}"}}]}}"#);
+        let body =
+            format!(r#"{{"new":[{{"scope":"Ip","type":"ban","value":"1.2.3.4","x":"{long}"}}]}}"#);
         let e = items(body.as_bytes(), 4096).unwrap_err().to_string();
         assert!(e.contains("a decision longer than 65536 bytes"), "{e}");
         // A long body of short decisions is fine.
@@ -517,7 +519,11 @@ mod tests {
         let mut kept = 0;
         let e = read(body.as_bytes(), NOW, |_| {
             kept += 1;
-            if kept > 10 { Err("too many".into()) } else { Ok(()) }
+            if kept > 10 {
+                Err("too many".into())
+            } else {
+                Ok(())
+            }
         })
         .unwrap_err();
         assert!(e.to_string().starts_with("too many"), "{e}");

@@ -217,7 +217,11 @@ impl Guard {
         let old = self.remote.swap(Arc::new(table));
         let table = self.remote.load();
         let mut applied = Applied::default();
-        for (net, _) in old.in_force(now) {
+        // Visited in place, not listed: a list of 100,000 would outlive
+        // the pull as memory the allocator keeps. Safe to hold a shard
+        // while telling: every writer of the remote table holds
+        // `remote_write`, as this does, and the old table is ours alone.
+        old.for_each_in_force(now, |net, _| {
             if table.get(&net).is_none() {
                 applied.lifted += 1;
                 self.emit(BanEvent::Lifted {
@@ -226,8 +230,8 @@ impl Guard {
                 });
                 self.retell(net);
             }
-        }
-        for (net, entry) in table.in_force(now) {
+        });
+        table.for_each_in_force(now, |net, entry| {
             let before = old.get(&net).map(|e| e.expires_at()).filter(|&e| e > now);
             if before != Some(entry.expires_at()) {
                 self.emit(self.remote_added(net, entry.expires_at()));
@@ -236,7 +240,7 @@ impl Guard {
                 applied.added += 1;
                 metrics::counter!("sniroute_bans_total", "source" => "crowdsec").increment(1);
             }
-        }
+        });
         applied
     }
 
