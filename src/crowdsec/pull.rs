@@ -187,7 +187,9 @@ impl Read for Arriving {
             }
         }
         let n = buf.len().min(self.piece.len());
-        self.piece.split_to(n).copy_to_slice(&mut buf[..n]);
+        if let Some(buf) = buf.get_mut(..n) {
+            self.piece.copy_to_slice(buf);
+        }
         Ok(n)
     }
 }
