@@ -19,7 +19,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crowdsec_common::{Lapi, available, tail};
+use crowdsec_common::{Lapi, TlsFiles, available, tail};
 use ops_common::daemon::{BIN, Conf, Daemon};
 use ops_common::traffic::{expect_rejected, hello, loopback, routed_tag, tagged_echo_backend};
 use ops_common::{WAIT, wait_until};
@@ -487,6 +487,91 @@ fn a_hostile_lapi_costs_a_failed_pull_not_memory() {
             "request {n}: {line}"
         );
     }
+}
+
+/// An https LAPI with a private CA, as the official bouncers meet it:
+/// gw1 trusts the CA (`ca_cert_file`) and logs in with a client
+/// certificate (no key, no password: CrowdSec's TLS auth names it after
+/// the certificate), pulls and pushes; gw2 trusts the CA and pulls with a
+/// bouncer key; gw3 does not trust the CA: its pulls fail (counted, said
+/// clearly) while it routes.
+#[test]
+fn an_https_lapi_with_a_private_ca_and_client_certificates() {
+    if !available("an_https_lapi_with_a_private_ca_and_client_certificates") {
+        return;
+    }
+    let pki = tempfile::tempdir().unwrap();
+    let tls = TlsFiles::make(pki.path());
+    let lapi = Lapi::start_tls(&tls);
+    let backend = tagged_echo_backend(10);
+    let url = lapi.https_url();
+    let ca = tls.ca.display();
+    let gw1 = Gateway::with(
+        tempfile::tempdir().unwrap(),
+        &format!(
+            "lapi_url = \"{url}\"\nca_cert_file = \"{ca}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
+             update_frequency = \"1s\"\npush = true\n",
+            tls.client_cert.display(),
+            tls.client_key.display()
+        ),
+        backend,
+        false,
+    );
+    let gw2_dir = tempfile::tempdir().unwrap();
+    let key = lapi.bouncer("gw2", gw2_dir.path());
+    let keyed = format!(
+        "lapi_url = \"{url}\"\napi_key_file = \"{}\"\nupdate_frequency = \"1s\"\n",
+        key.display()
+    );
+    let gw2 = Gateway::with(
+        gw2_dir,
+        &format!("{keyed}ca_cert_file = \"{ca}\"\n"),
+        backend,
+        false,
+    );
+    let gw3_dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&key, gw3_dir.path().join("gw2.key")).unwrap();
+    let gw3 = Gateway::with(gw3_dir, &keyed, backend, false);
+
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg(&gw1.daemon.config_path)
+        .output()
+        .unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{summary}");
+    assert!(
+        summary.contains("trusts 1 CA certificate from") && summary.contains("client certificate"),
+        "{summary}"
+    );
+    gw1.daemon
+        .wait_metric_at_least("sniroute_crowdsec_pulls_total{result=\"ok\"}", 1.0);
+    gw2.daemon
+        .wait_metric_at_least("sniroute_crowdsec_pulls_total{result=\"ok\"}", 1.0);
+    let scanner = loopback(31);
+    gw1.strike(scanner);
+    let took = gw2.wait_refuses(scanner);
+    assert!(took <= PROPAGATION, "the ban reached gw2 after {took:?}");
+    assert!(gw1.metric("sniroute_crowdsec_pushes_total{result=\"ok\"}") >= 1.0);
+    // The LAPI made the bouncer and the machine from the certificate.
+    let bouncers = lapi.cscli(&["bouncers", "list", "-o", "raw"]);
+    assert!(bouncers.contains("sniroute-tls@127.0.0.1"), "{bouncers}");
+    let machines = lapi.cscli(&["machines", "list", "-o", "raw"]);
+    assert!(machines.contains("sniroute-tls@127.0.0.1"), "{machines}");
+
+    // gw3 does not know the CA: every pull fails, it routes, and says why.
+    gw3.daemon
+        .wait_metric_at_least("sniroute_crowdsec_pulls_total{result=\"error\"}", 2.0);
+    assert_eq!(
+        gw3.metric("sniroute_crowdsec_pulls_total{result=\"ok\"}"),
+        0.0
+    );
+    assert!(gw3.routes(scanner));
+    let (_, status) = gw3.cli(&["status"]);
+    assert!(
+        status.contains("invalid peer certificate") && status.contains("UnknownIssuer"),
+        "{status}"
+    );
 }
 
 /// Resident set size of this process, in bytes.

@@ -7,10 +7,10 @@
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use reqwest::{Client, Response, StatusCode, Url};
+use reqwest::{Certificate, Client, Identity, Response, StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{CrowdsecConfig, PushConfig};
+use crate::config::{CrowdsecConfig, PushConfig, Secret};
 
 /// `User-Agent` of every request: the LAPI shows it in `cscli bouncers list`.
 const USER_AGENT: &str = concat!("sniroute/", env!("CARGO_PKG_VERSION"));
@@ -31,7 +31,8 @@ const TOKEN_MARGIN: Duration = Duration::from_secs(60);
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LapiError {
-    #[error("{0}")]
+    /// With its causes: reqwest's own text is only "error sending request".
+    #[error("{}", with_causes(.0))]
     Http(#[from] reqwest::Error),
     #[error("LAPI answered {status}: {body}")]
     Status { status: StatusCode, body: String },
@@ -55,16 +56,28 @@ pub struct Lapi {
 }
 
 impl Lapi {
-    /// Builds the client (TLS with the system's roots for `https`).
+    /// Builds the client: for `https`, the system's roots plus
+    /// `ca_cert_file`'s, and the client certificate if one is configured.
     pub fn new(config: &CrowdsecConfig) -> anyhow::Result<Lapi> {
         // reqwest is built without a default crypto provider: use ring, the
         // one the rest of the project's TLS code uses. Err = already set.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = Client::builder()
+        let mut builder = Client::builder()
             .user_agent(USER_AGENT)
             .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .build()?;
+            .timeout(REQUEST_TIMEOUT);
+        if !config.ca_certs.is_empty() {
+            let roots = config
+                .ca_certs
+                .iter()
+                .map(|der| Certificate::from_der(der))
+                .collect::<Result<Vec<_>, _>>()?;
+            builder = builder.tls_certs_merge(roots);
+        }
+        if let Some(cert) = &config.client_cert {
+            builder = builder.identity(Identity::from_pem(cert.pem.expose().as_bytes())?);
+        }
+        let http = builder.build()?;
         Ok(Lapi {
             http,
             base: config.lapi_url.clone(),
@@ -79,24 +92,33 @@ impl Lapi {
 
     /// `GET /v1/decisions/stream[?startup=true]`: the body, to be read as
     /// it arrives.
-    pub async fn stream(&self, key: &str, startup: bool) -> Result<StreamBody, LapiError> {
+    /// Without a key, the client certificate is the credential.
+    pub async fn stream(&self, key: Option<&str>, startup: bool) -> Result<StreamBody, LapiError> {
         let mut url = self.url("v1/decisions/stream")?;
         if startup {
             url.set_query(Some("startup=true"));
         }
-        let response = self.http.get(url).header("X-Api-Key", key).send().await?;
+        let mut request = self.http.get(url);
+        if let Some(key) = key {
+            request = request.header("X-Api-Key", key);
+        }
+        let response = request.send().await?;
         Ok(StreamBody {
             response: ok(response).await?,
             read: 0,
         })
     }
 
-    /// `POST /v1/watchers/login`: a JWT and when it expires.
+    /// `POST /v1/watchers/login`: a JWT and when it expires. Without a
+    /// password, the client certificate is the credential (the LAPI wants
+    /// only the scenarios then).
     pub async fn login(&self, push: &PushConfig) -> Result<Token, LapiError> {
         #[derive(Serialize)]
         struct Login<'a> {
-            machine_id: &'a str,
-            password: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            machine_id: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            password: Option<&'a str>,
             scenarios: [&'a str; 1],
         }
         #[derive(Deserialize)]
@@ -104,9 +126,10 @@ impl Lapi {
             token: String,
             expire: Option<String>,
         }
+        let password = push.password.as_ref().map(Secret::expose);
         let body = Login {
-            machine_id: &push.machine_id,
-            password: push.password.expose(),
+            machine_id: password.and(push.machine_id.as_deref()),
+            password,
             scenarios: [&push.scenario],
         };
         let response = self
@@ -211,4 +234,22 @@ async fn ok(response: Response) -> Result<Response, LapiError> {
     let body = response.text().await.unwrap_or_default();
     let body: String = body.chars().take(SHOWN).collect();
     Err(LapiError::Status { status, body })
+}
+
+/// `error` and its causes, `: `-joined (the TLS or connect error is a cause).
+fn with_causes(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(e) = cause {
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = e.source();
+    }
+    if text.contains("UnknownIssuer") {
+        text.push_str(" (is the LAPI's CA in crowdsec.ca_cert_file?)");
+    }
+    text
 }

@@ -26,14 +26,21 @@ use crate::guard::bans::BAN_CAP;
 use crate::guard::remote::{Applied, RemoteUpdate};
 
 /// Pulls until the task is dropped.
-pub async fn run(lapi: Lapi, key: Secret, every: Duration, guard: Arc<Guard>, status: Arc<Status>) {
+/// Without a key (`None`), the client certificate is the credential.
+pub async fn run(
+    lapi: Lapi,
+    key: Option<Secret>,
+    every: Duration,
+    guard: Arc<Guard>,
+    status: Arc<Status>,
+) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut startup = true;
     let mut failing = false;
     loop {
         ticks.tick().await;
-        match pull(&lapi, &key, startup, &guard).await {
+        match pull(&lapi, key.as_ref(), startup, &guard).await {
             Ok(applied) => {
                 metrics::counter!("sniroute_crowdsec_pulls_total", "result" => "ok").increment(1);
                 status.pulled(Ok(applied.total));
@@ -87,12 +94,12 @@ const MAX_DELTA: usize = BAN_CAP;
 /// milliseconds), and never held whole.
 async fn pull(
     lapi: &Lapi,
-    key: &Secret,
+    key: Option<&Secret>,
     startup: bool,
     guard: &Arc<Guard>,
 ) -> Result<Applied, String> {
     let mut body = lapi
-        .stream(key.expose(), startup)
+        .stream(key.map(Secret::expose), startup)
         .await
         .map_err(|e| e.to_string())?;
     let (pieces, arriving) = mpsc::channel(CHUNKS_IN_FLIGHT);
