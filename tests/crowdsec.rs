@@ -574,6 +574,94 @@ fn an_https_lapi_with_a_private_ca_and_client_certificates() {
     );
 }
 
+/// The parser and scenario shipped in `config/crowdsec/` run in a real
+/// CrowdSec agent: sniroute writes its access log (an unknown SNI from one
+/// address, a routed connection from another), `crowdsec -dsn file://...
+/// -type sniroute` reads it as the acquisition snippet says, and the LAPI
+/// then holds a ban of the scanner by `sniroute/unknown-sni`, not of the
+/// other client.
+#[test]
+fn crowdsecs_agent_reads_the_access_log_with_the_shipped_parser_and_scenario() {
+    if !available("crowdsecs_agent_reads_the_access_log_with_the_shipped_parser_and_scenario") {
+        return;
+    }
+    let lapi = Lapi::start();
+    let d = lapi.dir.path();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/crowdsec");
+    for (from, to) in [
+        ("parsers/s01-parse/sniroute-logs.yaml", "parsers/s01-parse"),
+        ("scenarios/sniroute-unknown-sni.yaml", "scenarios"),
+    ] {
+        std::fs::create_dir_all(d.join(to)).unwrap();
+        let name = Path::new(from).file_name().unwrap();
+        std::fs::copy(shipped.join(from), d.join(to).join(name)).unwrap();
+    }
+    // What the hub's crowdsecurity/non-syslog and dateparse-enrich do (the
+    // README has users install those; Debian's offline hub lacks the first).
+    std::fs::create_dir_all(d.join("parsers/s00-raw")).unwrap();
+    std::fs::write(
+        d.join("parsers/s00-raw/file-logs.yaml"),
+        "filter: \"evt.Line.Labels.type != 'syslog'\"\nonsuccess: next_stage\nname: test/file-logs\n\
+         statics:\n  - parsed: message\n    expression: evt.Line.Raw\n\
+         \x20 - parsed: program\n    expression: evt.Line.Labels.type\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(d.join("parsers/s02-enrich")).unwrap();
+    std::fs::write(
+        d.join("parsers/s02-enrich/dates.yaml"),
+        "filter: \"evt.StrTime != ''\"\nname: test/dates\nstatics:\n  - method: ParseDate\n    expression: evt.StrTime\n\
+         \x20 - target: MarshaledTime\n    expression: evt.Enriched.MarshaledTime\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("/etc/crowdsec/patterns", d.join("patterns")).unwrap();
+    // An empty hub index: every item here is a local one.
+    std::fs::write(
+        d.join("hub/.index.json"),
+        r#"{"parsers":{},"postoverflows":{},"scenarios":{},"collections":{}}"#,
+    )
+    .unwrap();
+
+    // A real access log.
+    let log = d.join("access.log");
+    let mut conf = Conf::new().route(ROUTED, tagged_echo_backend(11));
+    conf.access_log = Some(log.clone());
+    let daemon = Daemon::start(&conf);
+    let (scanner, client) = (loopback(42), loopback(43));
+    expect_rejected(scanner, conf.listen[0], &hello(UNKNOWN));
+    assert!(routed_tag(client, conf.listen[0], ROUTED).is_some());
+    wait_until("two access log lines", WAIT, || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        (text.lines().count() >= 2).then_some(text)
+    });
+    drop(daemon);
+
+    // The shipped acquisition snippet names the file (read here with
+    // -dsn, the one-shot form of the same file source and type).
+    let acquis = std::fs::read_to_string(shipped.join("acquis.d/sniroute.yaml")).unwrap();
+    assert!(acquis.contains("type: sniroute"), "{acquis}");
+    let acquis = acquis.replace("/var/log/sniroute/access.log", &log.display().to_string());
+    std::fs::write(d.join("acquis.yaml"), acquis).unwrap();
+    let config = d.join("config.yaml");
+    let out = Command::new(crowdsec_common::CROWDSEC)
+        .arg("-c")
+        .arg(&config)
+        .args(["-no-api", "-dsn"])
+        .arg(format!("file://{}", log.display()))
+        .args(["-type", "sniroute"])
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "crowdsec agent: {said}");
+    wait_until("the scanner banned by the agent's alert", WAIT, || {
+        (count(&lapi, "127.0.0.42", SCENARIO) == 1).then_some(())
+    });
+    assert_eq!(count(&lapi, "127.0.0.43", SCENARIO), 0, "{said}");
+}
+
 /// Resident set size of this process, in bytes.
 fn own_rss() -> u64 {
     u64::try_from(rss_kib(std::process::id())).unwrap() * 1024
