@@ -11,6 +11,7 @@
 
 use std::io::{self, Read};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
@@ -33,6 +34,7 @@ pub async fn run(
     every: Duration,
     guard: Arc<Guard>,
     status: Arc<Status>,
+    stopped: Arc<AtomicBool>,
 ) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -40,7 +42,7 @@ pub async fn run(
     let mut failing = false;
     loop {
         ticks.tick().await;
-        match pull(&lapi, key.as_ref(), startup, &guard).await {
+        match pull(&lapi, key.as_ref(), startup, &guard, &stopped).await {
             Ok(applied) => {
                 metrics::counter!("sniroute_crowdsec_pulls_total", "result" => "ok").increment(1);
                 status.pulled(Ok(applied.total));
@@ -97,6 +99,7 @@ async fn pull(
     key: Option<&Secret>,
     startup: bool,
     guard: &Arc<Guard>,
+    stopped: &Arc<AtomicBool>,
 ) -> Result<Applied, String> {
     let mut body = lapi
         .stream(key.map(Secret::expose), startup)
@@ -104,8 +107,10 @@ async fn pull(
         .map_err(|e| e.to_string())?;
     let (pieces, arriving) = mpsc::channel(CHUNKS_IN_FLIGHT);
     let parser = {
-        let guard = Arc::clone(guard);
-        tokio::task::spawn_blocking(move || apply(Arriving::new(arriving), startup, &guard))
+        let (guard, stopped) = (Arc::clone(guard), Arc::clone(stopped));
+        tokio::task::spawn_blocking(move || {
+            apply(Arriving::new(arriving), startup, &guard, &stopped)
+        })
     };
     loop {
         let piece = match body.chunk().await {
@@ -130,9 +135,14 @@ async fn pull(
 /// Reads a body and applies it. A startup body is built aside in a
 /// [`RemoteSet`](crate::guard::remote::RemoteSet) and swapped in (its
 /// `deleted` list means nothing then); a delta is collected, at most
-/// [`MAX_DELTA`] decisions, and applied `deleted` first. On any error
-/// nothing is applied.
-fn apply(body: impl Read, startup: bool, guard: &Guard) -> Result<Applied, String> {
+/// [`MAX_DELTA`] decisions, and applied `deleted` first. On any error, or
+/// once the puller is `stopped`, nothing is applied.
+fn apply(
+    body: impl Read,
+    startup: bool,
+    guard: &Guard,
+    stopped: &AtomicBool,
+) -> Result<Applied, String> {
     let now = guard.unix_millis();
     let (update, skipped) = if startup {
         let mut set = guard.remote_set();
@@ -164,7 +174,9 @@ fn apply(body: impl Read, startup: bool, guard: &Guard) -> Result<Applied, Strin
             "crowdsec: decisions not for sniroute (type, scope or value)"
         );
     }
-    Ok(guard.apply_remote(update))
+    guard
+        .apply_remote_unless(update, stopped)
+        .ok_or_else(|| "stopped".to_owned())
 }
 
 /// The body as the parser reads it: the pieces the download hands over.

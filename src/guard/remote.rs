@@ -20,6 +20,7 @@
 //! full the map is (measured in `tests/guard.rs`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use ipnet::IpNet;
 
@@ -133,6 +134,27 @@ impl Guard {
     /// caller (one puller) is serialised anyway; a second one would wait.
     pub fn apply_remote(&self, update: RemoteUpdate) -> Applied {
         let _one_writer = lock(&self.remote_write);
+        self.apply_remote_locked(update)
+    }
+
+    /// [`Guard::apply_remote`] for a puller that may have been stopped: `None`
+    /// (nothing applied) once `stopped` is set. Read under the writer lock,
+    /// so a pull finishing late can never land after what its stopper
+    /// applied (the "drop the remote decisions" of a reload turning
+    /// `[crowdsec]` off, or a restarted puller's full resync).
+    pub fn apply_remote_unless(
+        &self,
+        update: RemoteUpdate,
+        stopped: &AtomicBool,
+    ) -> Option<Applied> {
+        let _one_writer = lock(&self.remote_write);
+        if stopped.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(self.apply_remote_locked(update))
+    }
+
+    fn apply_remote_locked(&self, update: RemoteUpdate) -> Applied {
         let mut applied = match update {
             RemoteUpdate::Delta { deleted, new } => self.remote_delta(&deleted, &new),
             RemoteUpdate::Full(all) => {
@@ -534,5 +556,19 @@ mod tests {
             }
         );
         assert_eq!(g.admit(ip("192.0.2.9")), Err(Outcome::Banned));
+    }
+
+    #[test]
+    fn a_stopped_puller_applies_nothing() {
+        let (g, _clock) = guard();
+        let stopped = std::sync::atomic::AtomicBool::new(false);
+        let applied =
+            g.apply_remote_unless(RemoteUpdate::Full(vec![d("10.0.0.1/32", 60)]), &stopped);
+        assert_eq!(applied.map(|a| a.total), Some(1));
+        stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+        let late = g.apply_remote_unless(RemoteUpdate::Full(vec![d("10.0.0.2/32", 60)]), &stopped);
+        assert_eq!(late, None);
+        assert_eq!(g.admit(ip("10.0.0.2")), Ok(()));
+        assert_eq!(g.remote_decisions(), 1);
     }
 }
