@@ -355,12 +355,18 @@ impl Live<'_> {
         let _ = writeln!(out, "sniroute_open_connections {}", self.open_connections);
 
         let routes = &self.routes;
-        let per_route = |out: &mut String, name, kind, help, value: &dyn Fn(&RouteCells) -> String| {
-            family(out, name, kind, help);
-            for (route, m) in routes {
-                let _ = writeln!(out, "{name}{{route=\"{}\"}} {}", escape(route), value(&m.cells));
-            }
-        };
+        let per_route =
+            |out: &mut String, name, kind, help, value: &dyn Fn(&RouteCells) -> String| {
+                family(out, name, kind, help);
+                for (route, m) in routes {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{route=\"{}\"}} {}",
+                        escape(route),
+                        value(&m.cells)
+                    );
+                }
+            };
         per_route(
             out,
             "sniroute_routed_connections_total",
@@ -405,7 +411,9 @@ impl Live<'_> {
             "Backend TCP connect time, per route.",
         );
         for (route, m) in routes {
-            m.cells.connect_seconds.write(out, "sniroute_backend_connect_seconds", route);
+            m.cells
+                .connect_seconds
+                .write(out, "sniroute_backend_connect_seconds", route);
         }
 
         let mut rows: BTreeMap<(&str, SocketAddr), BackendRow> = BTreeMap::new();
@@ -415,17 +423,18 @@ impl Live<'_> {
             row.1 += load(&b.metrics.cells[0]);
             row.2 += load(&b.metrics.cells[1]);
         }
-        let per_backend = |out: &mut String, name, kind, help, value: &dyn Fn(&BackendRow) -> u64| {
-            family(out, name, kind, help);
-            for ((route, addr), row) in &rows {
-                let _ = writeln!(
-                    out,
-                    "{name}{{route=\"{}\",backend=\"{addr}\"}} {}",
-                    escape(route),
-                    value(row)
-                );
-            }
-        };
+        let per_backend =
+            |out: &mut String, name, kind, help, value: &dyn Fn(&BackendRow) -> u64| {
+                family(out, name, kind, help);
+                for ((route, addr), row) in &rows {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{route=\"{}\",backend=\"{addr}\"}} {}",
+                        escape(route),
+                        value(row)
+                    );
+                }
+            };
         per_backend(
             out,
             "sniroute_backend_up",
@@ -462,7 +471,10 @@ impl Buckets {
             let le = LATENCY_BUCKETS
                 .get(i)
                 .map_or_else(|| "+Inf".to_owned(), f64::to_string);
-            let _ = writeln!(out, "{name}_bucket{{route=\"{route}\",le=\"{le}\"}} {total}");
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{route=\"{route}\",le=\"{le}\"}} {total}"
+            );
         }
         let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
         let _ = writeln!(out, "{name}_sum{{route=\"{route}\"}} {sum}");

@@ -276,7 +276,9 @@ async fn start_metrics(shared: &Arc<Shared>) -> anyhow::Result<Option<JoinHandle
         .with_context(|| format!("cannot listen for metrics on {addr}"))?;
     let shared = Arc::clone(shared);
     let live: crate::metrics::Collect = Arc::new(move |out| shared.write_live_metrics(out));
-    Ok(Some(tokio::spawn(crate::metrics::serve(listener, handle, live))))
+    Ok(Some(tokio::spawn(crate::metrics::serve(
+        listener, handle, live,
+    ))))
 }
 
 /// The running CrowdSec puller/pusher, if `[crowdsec]` is on, and the status
