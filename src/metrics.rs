@@ -268,17 +268,24 @@ pub struct BackendMetrics {
     pub connections: Counter,
     /// `sniroute_backend_connect_failures_total{route,backend}`.
     pub failures: Counter,
-    cells: Arc<[Cell; 2]>,
+    cells: Arc<BackendCells>,
+}
+
+/// What [`BackendMetrics`] records into.
+#[derive(Default)]
+struct BackendCells {
+    connections: Cell,
+    failures: Cell,
 }
 
 impl BackendMetrics {
     /// Fresh series for a backend new to its route (zero). A backend kept by
     /// a reload keeps its handles (a clone), so its counters go on.
     pub fn new() -> BackendMetrics {
-        let cells: [Cell; 2] = Default::default();
+        let cells = BackendCells::default();
         BackendMetrics {
-            connections: counter_of(&cells[0]),
-            failures: counter_of(&cells[1]),
+            connections: counter_of(&cells.connections),
+            failures: counter_of(&cells.failures),
             cells: Arc::new(cells),
         }
     }
@@ -420,8 +427,8 @@ impl Live<'_> {
         for b in &self.backends {
             let row = rows.entry((b.route, b.addr)).or_insert((true, 0, 0));
             row.0 &= b.up;
-            row.1 += load(&b.metrics.cells[0]);
-            row.2 += load(&b.metrics.cells[1]);
+            row.1 += load(&b.metrics.cells.connections);
+            row.2 += load(&b.metrics.cells.failures);
         }
         let per_backend =
             |out: &mut String, name, kind, help, value: &dyn Fn(&BackendRow) -> u64| {
@@ -597,4 +604,84 @@ pub fn scrape(handle: &PrometheusHandle, live: &(dyn Fn(&mut String) + Send + Sy
 /// Binds the metrics endpoint (start-up fails loudly if it cannot).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_inclusive_cumulative_and_agree_with_the_count() {
+        let b = Buckets::default();
+        for v in [0.00005, 0.2, 0.25, 20.0] {
+            b.record(v);
+        }
+        let mut out = String::new();
+        b.write(&mut out, "x_seconds", "r");
+        let line = |le: &str| format!("x_seconds_bucket{{route=\"r\",le=\"{le}\"}} ");
+        let value = |le: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&line(le)))
+                .unwrap_or_else(|| panic!("no le={le} in\n{out}"))
+                .to_owned()
+        };
+        assert_eq!(value("0.00005"), "1", "a bound is inclusive");
+        assert_eq!(value("0.1"), "1");
+        assert_eq!(value("0.25"), "3");
+        assert_eq!(value("10"), "3");
+        assert_eq!(value("+Inf"), "4");
+        assert!(out.contains("x_seconds_count{route=\"r\"} 4\n"), "{out}");
+        assert!(
+            out.contains("x_seconds_sum{route=\"r\"} 20.45005\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn live_series_follow_the_handles_and_merge_an_address_in_both_pools() {
+        let route = RouteMetrics::new();
+        route.routed.increment(2);
+        route.active.increment(1.0);
+        route.bytes.down.increment(7);
+        let kept = route.clone();
+        kept.routed.increment(1);
+        let (tls, http) = (BackendMetrics::new(), BackendMetrics::new());
+        tls.connections.increment(3);
+        http.connections.increment(4);
+        http.failures.increment(1);
+        let addr: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let backend = |metrics, up| LiveBackend {
+            route: "a.example",
+            addr,
+            up,
+            metrics,
+        };
+        let live = Live {
+            open_connections: 5,
+            routes: vec![("a.example", &route)],
+            backends: vec![backend(&tls, true), backend(&http, false)],
+        };
+        let mut out = "recorded 1\n".to_owned();
+        live.write(&mut out);
+        for want in [
+            "recorded 1\n\n# HELP sniroute_open_connections ",
+            "\nsniroute_open_connections 5\n",
+            "\nsniroute_routed_connections_total{route=\"a.example\"} 3\n",
+            "\nsniroute_active_connections{route=\"a.example\"} 1\n",
+            "\nsniroute_bytes_total{route=\"a.example\",direction=\"down\"} 7\n",
+            "\nsniroute_backend_up{route=\"a.example\",backend=\"127.0.0.1:80\"} 0\n",
+            "\nsniroute_backend_connections_total{route=\"a.example\",backend=\"127.0.0.1:80\"} 7\n",
+            "\nsniroute_backend_connect_failures_total{route=\"a.example\",backend=\"127.0.0.1:80\"} 1\n",
+        ] {
+            assert!(out.contains(want), "no {want:?} in\n{out}");
+        }
+        assert_eq!(out.matches("sniroute_backend_up{").count(), 1, "{out}");
+        assert_eq!(out.matches("# TYPE ").count(), 9, "{out}");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a.example"), "a.example");
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
 }
