@@ -436,17 +436,18 @@ fn every_alert_explains_itself_and_is_tested_both_ways() {
         "sniroute_bans_total",
         "sniroute_firewall_errors_total",
         "sniroute_crowdsec_pulls_total{result=\"error\"}",
-        "sniroute_active_connections",
+        "sniroute_open_connections",
         "sniroute_max_connections",
+        "sniroute_backend_connect_failures_total",
     ] {
         assert!(all.contains(wanted), "no alert reads {wanted}");
     }
 }
 
-/// Series that exist only where their feature is configured: health checks
-/// (`sniroute_backend_up`), kernel bans, CrowdSec.
-const FEATURE_SERIES: [&str; 3] = [
-    "sniroute_backend_up",
+/// Series that exist only where their feature is configured: kernel bans,
+/// CrowdSec. (Each backend of the config has its `sniroute_backend_*`
+/// series, health checks or not.)
+const FEATURE_SERIES: [&str; 2] = [
     "sniroute_firewall_errors_total",
     "sniroute_crowdsec_pulls_total",
 ];
