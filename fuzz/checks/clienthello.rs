@@ -7,10 +7,11 @@
 //! prefix until its first verdict that is not `NeedMore`.
 //!
 //! Input layout: `[cap_hi, cap_lo, split_seed, stream...]`.
-//! - `cap`: the `max_len` cap; 0 means the default 16384, values below 512
-//!   mean 512 (the config's range is 512..=65536). Below ~23 bytes a cap
-//!   can be reached before the handshake header is whole, and then the byte
-//!   after the cap may turn `TooLarge` into `NotTls` (see fuzz/README.md).
+//! - `cap`: the `max_len` cap; 0 means the default 16384, any other value is
+//!   taken as is. The config only allows 512..=65536, but `parse` judges the
+//!   first `max_len` bytes alone, so its verdict is final for every cap, and
+//!   caps of a few bytes reach the `TooLarge` paths inside a record header
+//!   (see fuzz/README.md, Findings).
 //! - `split_seed`: picks the read sizes (0 = one byte per read when the
 //!   stream is short enough to afford it; else pseudo-random 1..=256).
 //!
@@ -28,8 +29,6 @@ use sniroute::outcome::Outcome;
 
 /// The config default for `max_client_hello`.
 const DEFAULT_CAP: usize = 16384;
-/// The config's lowest `max_client_hello`.
-const MIN_CAP: usize = 512;
 /// One-byte reads cost a parse per byte (quadratic); only for short streams.
 const BYTEWISE_MAX: usize = 600;
 /// Largest pseudo-random read.
@@ -42,7 +41,7 @@ pub fn check_input(data: &[u8]) {
     };
     let cap = match usize::from(u16::from_be_bytes([*cap_hi, *cap_lo])) {
         0 => DEFAULT_CAP,
-        n => n.max(MIN_CAP),
+        n => n,
     };
     check(stream, cap, *seed);
 }

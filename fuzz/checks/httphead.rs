@@ -8,9 +8,11 @@
 //! is not `NeedMore`.
 //!
 //! Input layout: `[cap_hi, cap_lo, split_seed, stream...]`, as for the
-//! clienthello target: `cap` 0 means the default 16384, values below 512
-//! mean 512 (the config's range); `split_seed` 0 means one byte per read on
-//! short streams, else pseudo-random reads of 1..=256 bytes.
+//! clienthello target: `cap` 0 means the default 16384, any other value is
+//! taken as is (the config allows 512..=65536; the reader never looks past
+//! `max_len`, so small caps are as final as large ones and reach `TooLarge`
+//! inside the request line); `split_seed` 0 means one byte per read on short
+//! streams, else pseudo-random reads of 1..=256 bytes.
 //!
 //! Checked, beyond "no panic, no hang, no huge allocation":
 //! - the incremental reader and a fresh `parse` of the same prefix agree on
@@ -29,8 +31,6 @@ use sniroute::outcome::Outcome;
 
 /// The config default for `max_client_hello`.
 const DEFAULT_CAP: usize = 16384;
-/// The config's lowest `max_client_hello`.
-const MIN_CAP: usize = 512;
 /// One-byte reads cost a fresh parse per byte (quadratic); only for short streams.
 const BYTEWISE_MAX: usize = 600;
 /// Largest pseudo-random read.
@@ -43,7 +43,7 @@ pub fn check_input(data: &[u8]) {
     };
     let cap = match usize::from(u16::from_be_bytes([*cap_hi, *cap_lo])) {
         0 => DEFAULT_CAP,
-        n => n.max(MIN_CAP),
+        n => n,
     };
     check(stream, cap, *seed);
 }
