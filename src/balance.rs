@@ -414,12 +414,25 @@ mod tests {
         p.backends[0].refused(1_000, &e, "t");
         assert!(!p.backends[0].is_up(|| 1_000));
         assert!(p.backends[0].is_up(|| 1_000 + millis(PASSIVE_SKIP)));
-        let addrs: Vec<SocketAddr> = ["127.0.0.1:1".parse().unwrap()].into();
+        let addrs: Vec<SocketAddr> = [
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:3".parse().unwrap(),
+        ]
+        .into();
         let after = Pool::of("t", &addrs, Balance::First, None, Some(&p));
         assert!(
             !after.backends[0].is_up(|| 1_000),
             "the skip was carried over"
         );
+        // The counters too: the kept backend's go on, a new one starts at 0.
+        after.backends[0].metrics.failures.increment(1);
+        p.backends[0].metrics.failures.increment(1);
+        assert_eq!(
+            after.backends[0].metrics.failures_so_far(),
+            3,
+            "the same counter"
+        );
+        assert_eq!(after.backends[1].metrics.failures_so_far(), 0);
         after.backends[0].answered();
         assert!(after.backends[0].is_up(|| 1_000));
     }

@@ -291,6 +291,14 @@ impl BackendMetrics {
     }
 }
 
+#[cfg(test)]
+impl BackendMetrics {
+    /// The failed connects counted so far.
+    pub fn failures_so_far(&self) -> u64 {
+        self.cells.failures.load(Ordering::Relaxed)
+    }
+}
+
 impl Default for BackendMetrics {
     fn default() -> Self {
         BackendMetrics::new()
