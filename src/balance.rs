@@ -80,6 +80,11 @@ impl Backend {
         self.active.load(Ordering::Relaxed)
     }
 
+    /// Its metric handles.
+    pub fn metrics(&self) -> &BackendMetrics {
+        &self.metrics
+    }
+
     fn skipped(&self, now_ms: impl Fn() -> u64) -> bool {
         let until = self.skip_until.load(Ordering::Relaxed);
         until != 0 && until > now_ms()
@@ -88,10 +93,8 @@ impl Backend {
     /// A connect (client try or check) succeeded: no longer skipped. A
     /// plain load first: the common case writes nothing.
     fn answered(&self) {
-        if self.skip_until.load(Ordering::Relaxed) != 0
-            && self.skip_until.swap(0, Ordering::Relaxed) != 0
-        {
-            self.show();
+        if self.skip_until.load(Ordering::Relaxed) != 0 {
+            self.skip_until.store(0, Ordering::Relaxed);
         }
     }
 
@@ -101,21 +104,12 @@ impl Backend {
         let until = now_ms.saturating_add(millis(PASSIVE_SKIP)).max(1);
         if self.skip_until.swap(until, Ordering::Relaxed) == 0 {
             tracing::warn!(route, backend = %self.addr, "backend failed, skipped for {PASSIVE_SKIP:?}: {error}");
-            self.show();
         }
     }
 
     /// A health check's verdict changed the backend's state.
     fn checked(&self, down: bool) {
         self.checked_down.store(down, Ordering::Relaxed);
-        self.show();
-    }
-
-    /// `sniroute_backend_up`: 1 unless checked down or skipped after a refusal.
-    fn show(&self) {
-        let up = !self.checked_down.load(Ordering::Relaxed)
-            && self.skip_until.load(Ordering::Relaxed) == 0;
-        self.metrics.up.set(if up { 1.0 } else { 0.0 });
     }
 }
 
@@ -181,13 +175,13 @@ impl Pool {
                 let checked_down = health_check.is_some()
                     && old.is_some_and(|b| b.checked_down.load(Ordering::Relaxed));
                 let skip_until = old.map_or(0, |b| b.skip_until.load(Ordering::Relaxed));
-                let up = !checked_down && skip_until == 0;
                 Backend {
                     addr,
                     checked_down: AtomicBool::new(checked_down),
                     skip_until: AtomicU64::new(skip_until),
                     active: AtomicUsize::new(0),
-                    metrics: BackendMetrics::new(route, addr, up),
+                    // Its counters go on; a new address starts at zero.
+                    metrics: old.map_or_else(BackendMetrics::new, |b| b.metrics.clone()),
                 }
             })
             .collect();
@@ -420,12 +414,25 @@ mod tests {
         p.backends[0].refused(1_000, &e, "t");
         assert!(!p.backends[0].is_up(|| 1_000));
         assert!(p.backends[0].is_up(|| 1_000 + millis(PASSIVE_SKIP)));
-        let addrs: Vec<SocketAddr> = ["127.0.0.1:1".parse().unwrap()].into();
+        let addrs: Vec<SocketAddr> = [
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:3".parse().unwrap(),
+        ]
+        .into();
         let after = Pool::of("t", &addrs, Balance::First, None, Some(&p));
         assert!(
             !after.backends[0].is_up(|| 1_000),
             "the skip was carried over"
         );
+        // The counters too: the kept backend's go on, a new one starts at 0.
+        after.backends[0].metrics.failures.increment(1);
+        p.backends[0].metrics.failures.increment(1);
+        assert_eq!(
+            after.backends[0].metrics.failures_so_far(),
+            3,
+            "the same counter"
+        );
+        assert_eq!(after.backends[1].metrics.failures_so_far(), 0);
         after.backends[0].answered();
         assert!(after.backends[0].is_up(|| 1_000));
     }

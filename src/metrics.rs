@@ -3,20 +3,35 @@
 //! so the per-connection path records without a lock or an allocation.
 //! The `/metrics` endpoint is served by hyper's HTTP/1 server (the HTTP
 //! stack the CrowdSec client uses too).
+//!
+//! Two kinds of series:
+//! - process-wide ones (outcomes, bans, reloads, ...) live in the
+//!   `metrics-exporter-prometheus` recorder;
+//! - those labelled with a route or a backend live in [`RouteMetrics`] and
+//!   [`BackendMetrics`] cells held by the config snapshot in force (carried
+//!   over a reload to the route and backend of the same name), and each
+//!   scrape writes them from that snapshot ([`Live`]) after the recorder's
+//!   output. So a scrape reports exactly the routes and backends of the
+//!   config in force (the recorder cannot forget a series, so a removed
+//!   backend would otherwise be exported until a restart), and values that
+//!   depend on time, like `sniroute_backend_up` after a passive skip ends,
+//!   are computed when scraped rather than when something last happened.
 
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, HistogramFn, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
-use crate::config::Route;
 use crate::forward::ByteCounters;
 use crate::outcome::Outcome;
 
@@ -92,18 +107,6 @@ fn describe() {
         "Client connections by how they ended."
     );
     describe_counter!(
-        "sniroute_routed_connections_total",
-        "Connections handed to a backend, per route."
-    );
-    describe_gauge!(
-        "sniroute_active_connections",
-        "Routed connections open now, per route."
-    );
-    describe_counter!(
-        "sniroute_bytes_total",
-        "Bytes relayed per route; up = client to backend."
-    );
-    describe_counter!(
         "sniroute_strikes_total",
         "Strikes by the outcome that earned them."
     );
@@ -126,22 +129,6 @@ fn describe() {
         "sniroute_client_hello_seconds",
         "Time from accept to a decided ClientHello."
     );
-    describe_histogram!(
-        "sniroute_backend_connect_seconds",
-        "Backend TCP connect time, per route."
-    );
-    describe_gauge!(
-        "sniroute_backend_up",
-        "1 when the backend is in service for the route, 0 when health checks took it out or it refused the last try."
-    );
-    describe_counter!(
-        "sniroute_backend_connections_total",
-        "Connections handed to each backend of a route."
-    );
-    describe_counter!(
-        "sniroute_backend_connect_failures_total",
-        "Failed connects to each backend of a route (client tries, not health checks)."
-    );
     describe_counter!(
         "sniroute_config_reloads_total",
         "Config reload attempts by result."
@@ -153,10 +140,6 @@ fn describe() {
     describe_gauge!(
         "sniroute_max_connections",
         "limits.max_connections in force: open client connections allowed."
-    );
-    describe_counter!(
-        "sniroute_backend_errors_total",
-        "Routed names whose backend could not be reached or closed at once, per route."
     );
     describe_gauge!(
         "sniroute_build_info",
@@ -219,7 +202,15 @@ impl Default for ConnMetrics {
     }
 }
 
-/// Handles for one route, labelled with its name.
+/// A counter cell the recorder does not know: read by [`Live`] at scrape.
+type Cell = Arc<AtomicU64>;
+
+fn counter_of(cell: &Cell) -> Counter {
+    Counter::from_arc(Arc::clone(cell))
+}
+
+/// Handles for one route, recorded by its connections; the scrape writes
+/// them with the `route` label while the route is in the config.
 #[derive(Clone)]
 pub struct RouteMetrics {
     pub routed: Counter,
@@ -229,58 +220,306 @@ pub struct RouteMetrics {
     pub connect_seconds: Histogram,
     /// Connections of this route that ended `backend_error`.
     pub backend_errors: Counter,
+    cells: Arc<RouteCells>,
+}
+
+/// What [`RouteMetrics`] records into.
+#[derive(Default)]
+struct RouteCells {
+    routed: Cell,
+    /// An `f64` in its bits (the gauge's storage).
+    active: Cell,
+    up: Cell,
+    down: Cell,
+    backend_errors: Cell,
+    connect_seconds: Arc<Buckets>,
 }
 
 impl RouteMetrics {
-    pub fn new(route: &Route) -> RouteMetrics {
-        let name = route.name.clone();
-        let m = RouteMetrics {
-            routed: counter!("sniroute_routed_connections_total", "route" => name.clone()),
-            active: gauge!("sniroute_active_connections", "route" => name.clone()),
+    /// Fresh series for a route new to the config (all zero). A route kept
+    /// by a reload keeps its handles (a clone), so its counters go on.
+    pub fn new() -> RouteMetrics {
+        let cells = RouteCells::default();
+        RouteMetrics {
+            routed: counter_of(&cells.routed),
+            active: Gauge::from_arc(Arc::clone(&cells.active)),
             bytes: ByteCounters {
-                up: counter!("sniroute_bytes_total", "route" => name.clone(), "direction" => "up"),
-                down: counter!("sniroute_bytes_total", "route" => name.clone(), "direction" => "down"),
+                up: counter_of(&cells.up),
+                down: counter_of(&cells.down),
             },
-            connect_seconds: histogram!("sniroute_backend_connect_seconds", "route" => name.clone()),
-            backend_errors: counter!("sniroute_backend_errors_total", "route" => name),
-        };
-        m.routed.increment(0);
-        m.backend_errors.increment(0);
-        m.active.increment(0.0);
-        m.bytes.up.increment(0);
-        m.bytes.down.increment(0);
-        m
+            connect_seconds: Histogram::from_arc(Arc::clone(&cells.connect_seconds)),
+            backend_errors: counter_of(&cells.backend_errors),
+            cells: Arc::new(cells),
+        }
     }
 }
 
-/// Handles for one backend of one route, labelled with both (the address as
-/// written in the config).
+impl Default for RouteMetrics {
+    fn default() -> Self {
+        RouteMetrics::new()
+    }
+}
+
+/// Handles for one backend of one route, recorded by the pool; the scrape
+/// writes them labelled with both (the address as written in the config).
 #[derive(Clone)]
 pub struct BackendMetrics {
-    /// `sniroute_backend_up{route,backend}`.
-    pub up: Gauge,
     /// `sniroute_backend_connections_total{route,backend}`.
     pub connections: Counter,
     /// `sniroute_backend_connect_failures_total{route,backend}`.
     pub failures: Counter,
+    cells: Arc<BackendCells>,
+}
+
+/// What [`BackendMetrics`] records into.
+#[derive(Default)]
+struct BackendCells {
+    connections: Cell,
+    failures: Cell,
 }
 
 impl BackendMetrics {
-    /// Registers the series (so they exist from start-up); `up` starts at `up`.
-    pub fn new(route: &str, backend: SocketAddr, up: bool) -> BackendMetrics {
-        let labels = [
-            ("route", route.to_owned()),
-            ("backend", backend.to_string()),
-        ];
-        let m = BackendMetrics {
-            up: gauge!("sniroute_backend_up", &labels),
-            connections: counter!("sniroute_backend_connections_total", &labels),
-            failures: counter!("sniroute_backend_connect_failures_total", &labels),
-        };
-        m.up.set(if up { 1.0 } else { 0.0 });
-        m.connections.increment(0);
-        m.failures.increment(0);
-        m
+    /// Fresh series for a backend new to its route (zero). A backend kept by
+    /// a reload keeps its handles (a clone), so its counters go on.
+    pub fn new() -> BackendMetrics {
+        let cells = BackendCells::default();
+        BackendMetrics {
+            connections: counter_of(&cells.connections),
+            failures: counter_of(&cells.failures),
+            cells: Arc::new(cells),
+        }
+    }
+}
+
+#[cfg(test)]
+impl BackendMetrics {
+    /// The failed connects counted so far.
+    pub fn failures_so_far(&self) -> u64 {
+        self.cells.failures.load(Ordering::Relaxed)
+    }
+}
+
+impl Default for BackendMetrics {
+    fn default() -> Self {
+        BackendMetrics::new()
+    }
+}
+
+/// A fixed-bucket histogram over [`LATENCY_BUCKETS`] (the recorder's
+/// buckets for `_seconds`): one bucket add, one count add and one sum add
+/// per value, no lock, no allocation.
+#[derive(Default)]
+struct Buckets {
+    /// Values per bucket (not cumulative); the last is above every bound.
+    counts: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    /// The sum of the values, in nanoseconds.
+    sum_ns: AtomicU64,
+}
+
+impl HistogramFn for Buckets {
+    fn record(&self, value: f64) {
+        // `le` is inclusive: the first bound at or above the value.
+        let index = LATENCY_BUCKETS.partition_point(|&bound| bound < value);
+        if let Some(count) = self.counts.get(index) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+        // Saturating float-to-int: a negative value adds 0.
+        self.sum_ns
+            .fetch_add((value * 1e9) as u64, Ordering::Relaxed);
+    }
+}
+
+/// The series a scrape computes from the state in force, written after the
+/// recorder's: each route's and each backend's of the current config, and
+/// the open client connections.
+pub struct Live<'a> {
+    /// Client connections open now, whether or not they sent their hello
+    /// (what `max_connections` limits).
+    pub open_connections: usize,
+    /// Every route of the config in force, by name.
+    pub routes: Vec<(&'a str, &'a RouteMetrics)>,
+    /// Every backend of every pool of the config in force.
+    pub backends: Vec<LiveBackend<'a>>,
+}
+
+/// One backend's state at scrape time.
+pub struct LiveBackend<'a> {
+    pub route: &'a str,
+    pub addr: SocketAddr,
+    /// In service now: not taken out by health checks, not skipped after a
+    /// refused client connect.
+    pub up: bool,
+    pub metrics: &'a BackendMetrics,
+}
+
+/// A backend's merged row: up, connections, failures. A route's
+/// `backends` and `http_backends` are separate pools; an address in both
+/// is one series, up only if both pools have it in service.
+type BackendRow = (bool, u64, u64);
+
+impl Live<'_> {
+    /// Appends the series in the Prometheus text format.
+    pub fn write(&self, out: &mut String) {
+        let load = |cell: &Cell| cell.load(Ordering::Relaxed);
+        family(
+            out,
+            "sniroute_open_connections",
+            "gauge",
+            "Client connections open now, those still waiting for their hello included (what limits.max_connections caps).",
+        );
+        let _ = writeln!(out, "sniroute_open_connections {}", self.open_connections);
+
+        let routes = &self.routes;
+        let per_route =
+            |out: &mut String, name, kind, help, value: &dyn Fn(&RouteCells) -> String| {
+                family(out, name, kind, help);
+                for (route, m) in routes {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{route=\"{}\"}} {}",
+                        escape(route),
+                        value(&m.cells)
+                    );
+                }
+            };
+        per_route(
+            out,
+            "sniroute_routed_connections_total",
+            "counter",
+            "Connections handed to a backend, per route.",
+            &|c| load(&c.routed).to_string(),
+        );
+        per_route(
+            out,
+            "sniroute_active_connections",
+            "gauge",
+            "Routed connections open now, per route.",
+            &|c| f64::from_bits(load(&c.active)).to_string(),
+        );
+        per_route(
+            out,
+            "sniroute_backend_errors_total",
+            "counter",
+            "Routed names whose backend could not be reached or closed at once, per route.",
+            &|c| load(&c.backend_errors).to_string(),
+        );
+        family(
+            out,
+            "sniroute_bytes_total",
+            "counter",
+            "Bytes relayed per route; up = client to backend.",
+        );
+        for (route, m) in routes {
+            for (direction, cell) in [("up", &m.cells.up), ("down", &m.cells.down)] {
+                let _ = writeln!(
+                    out,
+                    "sniroute_bytes_total{{route=\"{}\",direction=\"{direction}\"}} {}",
+                    escape(route),
+                    load(cell)
+                );
+            }
+        }
+        family(
+            out,
+            "sniroute_backend_connect_seconds",
+            "histogram",
+            "Backend TCP connect time, per route.",
+        );
+        for (route, m) in routes {
+            m.cells
+                .connect_seconds
+                .write(out, "sniroute_backend_connect_seconds", route);
+        }
+
+        let mut rows: BTreeMap<(&str, SocketAddr), BackendRow> = BTreeMap::new();
+        for b in &self.backends {
+            let row = rows.entry((b.route, b.addr)).or_insert((true, 0, 0));
+            row.0 &= b.up;
+            row.1 += load(&b.metrics.cells.connections);
+            row.2 += load(&b.metrics.cells.failures);
+        }
+        let per_backend =
+            |out: &mut String, name, kind, help, value: &dyn Fn(&BackendRow) -> u64| {
+                family(out, name, kind, help);
+                for ((route, addr), row) in &rows {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{route=\"{}\",backend=\"{addr}\"}} {}",
+                        escape(route),
+                        value(row)
+                    );
+                }
+            };
+        per_backend(
+            out,
+            "sniroute_backend_up",
+            "gauge",
+            "1 when the backend is in service for the route now; 0 while health checks have it out, or for 10 s after it refused a client's connect (until a check or a later try succeeds).",
+            &|r| u64::from(r.0),
+        );
+        per_backend(
+            out,
+            "sniroute_backend_connections_total",
+            "counter",
+            "Connections handed to each backend of a route.",
+            &|r| r.1,
+        );
+        per_backend(
+            out,
+            "sniroute_backend_connect_failures_total",
+            "counter",
+            "Failed connects to each backend of a route (client tries, not health checks).",
+            &|r| r.2,
+        );
+    }
+}
+
+impl Buckets {
+    /// The `_bucket` (cumulative), `_sum` and `_count` lines for `route`.
+    /// The count is the buckets' total, so the lines agree with each other
+    /// even while values are being recorded.
+    fn write(&self, out: &mut String, name: &str, route: &str) {
+        let route = escape(route);
+        let mut total = 0u64;
+        for (i, count) in self.counts.iter().enumerate() {
+            total += count.load(Ordering::Relaxed);
+            let le = LATENCY_BUCKETS
+                .get(i)
+                .map_or_else(|| "+Inf".to_owned(), f64::to_string);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{route=\"{route}\",le=\"{le}\"}} {total}"
+            );
+        }
+        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{{route=\"{route}\"}} {sum}");
+        let _ = writeln!(out, "{name}_count{{route=\"{route}\"}} {total}");
+    }
+}
+
+/// The `# HELP` and `# TYPE` lines that open a family (after a blank line,
+/// as the recorder separates its families).
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    if !out.is_empty() && !out.ends_with("\n\n") {
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A label value in the text format: `\`, `"` and newlines escaped (route
+/// names are host names, so this is only a safeguard).
+fn escape(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.contains(['\\', '"', '\n']) {
+        value
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+            .into()
+    } else {
+        value.into()
     }
 }
 
@@ -301,18 +540,25 @@ pub fn limits(max_connections: usize) {
 /// at once; a connection still silent after this is not a scraper.
 const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Writes the series a scrape computes from the state in force ([`Live`]),
+/// after the recorder's output.
+pub type Collect = Arc<dyn Fn(&mut String) + Send + Sync>;
+
 /// Serves `GET /metrics` on `listener` until the task is dropped, with
-/// hyper's HTTP/1 server: `/metrics` answers the exposition, any other path
-/// a 404, and each connection closes after its response.
-pub async fn serve(listener: TcpListener, handle: &'static PrometheusHandle) {
+/// hyper's HTTP/1 server: `/metrics` answers the exposition (the
+/// recorder's, then `live`'s), any other path a 404, and each connection
+/// closes after its response.
+pub async fn serve(listener: TcpListener, handle: &'static PrometheusHandle, live: Collect) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             // Out of descriptors and the like: let the system recover.
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
-        let service = service_fn(move |request| async move {
-            Ok::<_, std::convert::Infallible>(respond(handle, &request))
+        let live = Arc::clone(&live);
+        let service = service_fn(move |request| {
+            let response = respond(handle, &*live, &request);
+            async move { Ok::<_, std::convert::Infallible>(response) }
         });
         tokio::spawn(async move {
             let served = hyper::server::conn::http1::Builder::new()
@@ -330,12 +576,13 @@ pub async fn serve(listener: TcpListener, handle: &'static PrometheusHandle) {
 
 /// The response to one request: the scrape for `GET`/`HEAD /metrics`
 /// (query ignored), 404 elsewhere, 405 for other methods.
-fn respond<B>(handle: &PrometheusHandle, request: &Request<B>) -> Response<Full<Bytes>> {
+fn respond<B>(
+    handle: &PrometheusHandle,
+    live: &(dyn Fn(&mut String) + Send + Sync),
+    request: &Request<B>,
+) -> Response<Full<Bytes>> {
     let (status, body) = match (request.method(), request.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/metrics") => {
-            handle.run_upkeep();
-            (StatusCode::OK, handle.render())
-        }
+        (&Method::GET | &Method::HEAD, "/metrics") => (StatusCode::OK, scrape(handle, live)),
         (_, "/metrics") => (
             StatusCode::METHOD_NOT_ALLOWED,
             "only GET /metrics\n".to_owned(),
@@ -354,7 +601,95 @@ fn respond<B>(handle: &PrometheusHandle, request: &Request<B>) -> Response<Full<
     response
 }
 
+/// One scrape: the recorder's series, then those `live` computes now.
+pub fn scrape(handle: &PrometheusHandle, live: &(dyn Fn(&mut String) + Send + Sync)) -> String {
+    handle.run_upkeep();
+    let mut text = handle.render();
+    live(&mut text);
+    text
+}
+
 /// Binds the metrics endpoint (start-up fails loudly if it cannot).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_inclusive_cumulative_and_agree_with_the_count() {
+        let b = Buckets::default();
+        for v in [0.00005, 0.2, 0.25, 20.0] {
+            b.record(v);
+        }
+        let mut out = String::new();
+        b.write(&mut out, "x_seconds", "r");
+        let line = |le: &str| format!("x_seconds_bucket{{route=\"r\",le=\"{le}\"}} ");
+        let value = |le: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&line(le)))
+                .unwrap_or_else(|| panic!("no le={le} in\n{out}"))
+                .to_owned()
+        };
+        assert_eq!(value("0.00005"), "1", "a bound is inclusive");
+        assert_eq!(value("0.1"), "1");
+        assert_eq!(value("0.25"), "3");
+        assert_eq!(value("10"), "3");
+        assert_eq!(value("+Inf"), "4");
+        assert!(out.contains("x_seconds_count{route=\"r\"} 4\n"), "{out}");
+        assert!(
+            out.contains("x_seconds_sum{route=\"r\"} 20.45005\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn live_series_follow_the_handles_and_merge_an_address_in_both_pools() {
+        let route = RouteMetrics::new();
+        route.routed.increment(2);
+        route.active.increment(1.0);
+        route.bytes.down.increment(7);
+        let kept = route.clone();
+        kept.routed.increment(1);
+        let (tls, http) = (BackendMetrics::new(), BackendMetrics::new());
+        tls.connections.increment(3);
+        http.connections.increment(4);
+        http.failures.increment(1);
+        let addr: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let backend = |metrics, up| LiveBackend {
+            route: "a.example",
+            addr,
+            up,
+            metrics,
+        };
+        let live = Live {
+            open_connections: 5,
+            routes: vec![("a.example", &route)],
+            backends: vec![backend(&tls, true), backend(&http, false)],
+        };
+        let mut out = "recorded 1\n".to_owned();
+        live.write(&mut out);
+        for want in [
+            "recorded 1\n\n# HELP sniroute_open_connections ",
+            "\nsniroute_open_connections 5\n",
+            "\nsniroute_routed_connections_total{route=\"a.example\"} 3\n",
+            "\nsniroute_active_connections{route=\"a.example\"} 1\n",
+            "\nsniroute_bytes_total{route=\"a.example\",direction=\"down\"} 7\n",
+            "\nsniroute_backend_up{route=\"a.example\",backend=\"127.0.0.1:80\"} 0\n",
+            "\nsniroute_backend_connections_total{route=\"a.example\",backend=\"127.0.0.1:80\"} 7\n",
+            "\nsniroute_backend_connect_failures_total{route=\"a.example\",backend=\"127.0.0.1:80\"} 1\n",
+        ] {
+            assert!(out.contains(want), "no {want:?} in\n{out}");
+        }
+        assert_eq!(out.matches("sniroute_backend_up{").count(), 1, "{out}");
+        assert_eq!(out.matches("# TYPE ").count(), 9, "{out}");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a.example"), "a.example");
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
 }

@@ -90,6 +90,19 @@ impl Server {
         })
     }
 
+    /// What its `/metrics` endpoint answers now: the process-wide series,
+    /// then this server's routes, backends and open connections (for
+    /// in-process embedders and tests, which may run several servers).
+    pub fn scraper(&self) -> impl Fn() -> String + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        move || {
+            let live = |out: &mut String| shared.write_live_metrics(out);
+            crate::metrics::install()
+                .map(|handle| crate::metrics::scrape(handle, &live))
+                .unwrap_or_default()
+        }
+    }
+
     /// Builds the server on sockets passed by systemd (`LISTEN_FDS`); the
     /// config's `listen` and `[http] listen` then only say which sockets
     /// serve plain HTTP (those bound to an `[http] listen` address; the rest
@@ -157,7 +170,7 @@ impl Server {
                 .with_context(|| format!("cannot register listener {addr}"))?;
             accepting.start(addr, protocol, Arc::new(listener), &shared);
         }
-        let metrics_task = start_metrics(&shared.snapshot().config).await?;
+        let metrics_task = start_metrics(&shared).await?;
         let mut crowdsec = CrowdsecSlot::default();
         crowdsec.follow(&shared)?;
         let housekeeping = shared
@@ -259,14 +272,19 @@ async fn second_stop(control: &mut mpsc::Receiver<Control>, log: &AccessLog) {
     std::future::pending::<()>().await;
 }
 
-async fn start_metrics(config: &Config) -> anyhow::Result<Option<JoinHandle<()>>> {
-    let (Some(addr), Some(handle)) = (config.metrics.listen, crate::metrics::install()) else {
+async fn start_metrics(shared: &Arc<Shared>) -> anyhow::Result<Option<JoinHandle<()>>> {
+    let listen = shared.snapshot().config.metrics.listen;
+    let (Some(addr), Some(handle)) = (listen, crate::metrics::install()) else {
         return Ok(None);
     };
     let listener = crate::metrics::bind(addr)
         .await
         .with_context(|| format!("cannot listen for metrics on {addr}"))?;
-    Ok(Some(tokio::spawn(crate::metrics::serve(listener, handle))))
+    let shared = Arc::clone(shared);
+    let live: crate::metrics::Collect = Arc::new(move |out| shared.write_live_metrics(out));
+    Ok(Some(tokio::spawn(crate::metrics::serve(
+        listener, handle, live,
+    ))))
 }
 
 /// The running CrowdSec puller/pusher, if `[crowdsec]` is on, and the status

@@ -16,7 +16,7 @@ use crate::accesslog::AccessLog;
 use crate::balance::Pool;
 use crate::config::{Config, Route};
 use crate::guard::Guard;
-use crate::metrics::{ConnMetrics, RouteMetrics};
+use crate::metrics::{ConnMetrics, Live, LiveBackend, RouteMetrics};
 use crate::routes::RouteTable;
 
 /// What a connection needs of the config, swapped whole on reload. Each
@@ -39,13 +39,18 @@ impl Snapshot {
     }
 
     /// The snapshot of `config` replacing `previous` (on reload): backend
-    /// health carries over to the pool of the same route name.
+    /// health and the metrics of routes and backends carry over to the
+    /// route of the same name.
     pub fn after(config: Config, previous: Option<&Snapshot>) -> Snapshot {
         let routes = RouteTable::new(&config.routes, config.fallback.as_ref());
         let route_metrics = routes
             .routes()
             .iter()
-            .map(|r| RouteMetrics::new(r))
+            .map(|r| {
+                previous
+                    .and_then(|p| p.route_metrics_named(&r.name))
+                    .map_or_else(RouteMetrics::new, RouteMetrics::clone)
+            })
             .collect();
         let pools = routes
             .routes()
@@ -96,6 +101,42 @@ impl Snapshot {
     /// Every pool, `backends` and `http_backends` (for the health checks).
     pub fn all_pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
         self.pools.iter().chain(self.http_pools.iter().flatten())
+    }
+
+    /// The series a scrape reports for this config: its routes and the
+    /// backends of their pools (state read now), and `open_connections`.
+    pub fn live(&self, open_connections: usize) -> Live<'_> {
+        let routes = self
+            .routes
+            .routes()
+            .iter()
+            .zip(&self.route_metrics)
+            .map(|(r, m)| (r.name.as_str(), m))
+            .collect();
+        let backends = self
+            .all_pools()
+            .flat_map(|pool| {
+                pool.backends()
+                    .iter()
+                    .zip(pool.states())
+                    .map(|(b, (addr, state, _))| LiveBackend {
+                        route: pool.route(),
+                        addr,
+                        up: state == "up",
+                        metrics: b.metrics(),
+                    })
+            })
+            .collect();
+        Live {
+            open_connections,
+            routes,
+            backends,
+        }
+    }
+
+    fn route_metrics_named(&self, name: &str) -> Option<&RouteMetrics> {
+        let index = self.routes.routes().iter().position(|r| r.name == name)?;
+        self.route_metrics.get(index)
     }
 
     fn pool_named(&self, name: &str) -> Option<&Pool> {
@@ -174,6 +215,12 @@ impl Shared {
     /// Client connections open now.
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::Acquire)
+    }
+
+    /// Appends to a scrape the series computed from the config in force
+    /// now (see [`crate::metrics::Live`]).
+    pub fn write_live_metrics(&self, out: &mut String) {
+        self.snapshot().live(self.open_connections()).write(out);
     }
 
     /// Resolves once no client connection is open.

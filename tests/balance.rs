@@ -120,9 +120,10 @@ async fn once(router: &Router, hello: &[u8]) -> u8 {
     id
 }
 
-/// The value of the series `name{route="ROUTE",backend="ADDR"}` now.
-fn backend_metric(name: &str, route: &str, backend: SocketAddr) -> f64 {
-    let text = sniroute::metrics::install().expect("recorder").render();
+/// The value of the series `name{route="ROUTE",backend="ADDR"}` at a
+/// scrape of the router now.
+fn backend_metric(router: &Router, name: &str, route: &str, backend: SocketAddr) -> f64 {
+    let text = router.scrape();
     let want = [
         format!("route=\"{route}\""),
         format!("backend=\"{backend}\""),
@@ -136,14 +137,25 @@ fn backend_metric(name: &str, route: &str, backend: SocketAddr) -> f64 {
 
 /// Waits (bounded) until `sniroute_backend_up` for the backend is `want`;
 /// returns how long that took.
-async fn wait_up(route: &str, backend: SocketAddr, want: f64) -> Duration {
+async fn wait_up(router: &Router, route: &str, backend: SocketAddr, want: f64) -> Duration {
+    wait_up_within(router, route, backend, want, WAIT).await
+}
+
+/// Like [`wait_up`], bounded by `bound`.
+async fn wait_up_within(
+    router: &Router,
+    route: &str,
+    backend: SocketAddr,
+    want: f64,
+    bound: Duration,
+) -> Duration {
     let from = Instant::now();
     loop {
-        if backend_metric("sniroute_backend_up", route, backend) == want {
+        if backend_metric(router, "sniroute_backend_up", route, backend) == want {
             return from.elapsed();
         }
         assert!(
-            from.elapsed() < WAIT,
+            from.elapsed() < bound,
             "sniroute_backend_up{{{route},{backend}}} never became {want}"
         );
         tokio::time::sleep(POLL).await;
@@ -189,6 +201,7 @@ async fn round_robin_spreads_100_connections_evenly_over_3_backends() {
         // 100 / 3 = 33.3, within ±10%.
         assert!((30..=37).contains(&c), "backend {i} got {c}: {counts:?}");
         let total = backend_metric(
+            &router,
             "sniroute_backend_connections_total",
             "rr.test",
             backends[i].addr,
@@ -263,15 +276,25 @@ async fn a_health_check_takes_a_dead_backend_out_and_puts_it_back() {
 
     // Kill b without any client traffic: the checks alone take it out.
     b.kill();
-    let took = wait_up("hc.test", b.addr, 0.0).await;
+    let took = wait_up(&router, "hc.test", b.addr, 0.0).await;
     eprintln!(
         "b taken out {took:?} after it died (fall x interval = {:?})",
         INTERVAL * FALL
     );
     assert!(took <= INTERVAL * (FALL + 1) + SLACK, "took {took:?}");
-    let failures = backend_metric("sniroute_backend_connect_failures_total", "hc.test", b.addr);
+    let failures = backend_metric(
+        &router,
+        "sniroute_backend_connect_failures_total",
+        "hc.test",
+        b.addr,
+    );
     assert_eq!(failures, 0.0, "no client tried b");
-    let routed_b = backend_metric("sniroute_backend_connections_total", "hc.test", b.addr);
+    let routed_b = backend_metric(
+        &router,
+        "sniroute_backend_connections_total",
+        "hc.test",
+        b.addr,
+    );
     for _ in 0..20 {
         let started = Instant::now();
         assert_eq!(once(&router, &hello).await, 0);
@@ -282,18 +305,28 @@ async fn a_health_check_takes_a_dead_backend_out_and_puts_it_back() {
     }
     assert_eq!(outcomes(&router, "backend_error"), 0);
     assert_eq!(
-        backend_metric("sniroute_backend_connect_failures_total", "hc.test", b.addr),
+        backend_metric(
+            &router,
+            "sniroute_backend_connect_failures_total",
+            "hc.test",
+            b.addr
+        ),
         0.0,
         "a client connect was attempted to the dead backend"
     );
     assert_eq!(
-        backend_metric("sniroute_backend_connections_total", "hc.test", b.addr),
+        backend_metric(
+            &router,
+            "sniroute_backend_connections_total",
+            "hc.test",
+            b.addr
+        ),
         routed_b
     );
 
     // Start b again: back within rise x interval (plus the phase and noise).
     b.restart().await;
-    let took = wait_up("hc.test", b.addr, 1.0).await;
+    let took = wait_up(&router, "hc.test", b.addr, 1.0).await;
     eprintln!(
         "b back {took:?} after it restarted (rise x interval = {:?})",
         INTERVAL * RISE
@@ -318,7 +351,7 @@ async fn every_backend_checked_down_fails_at_once_with_backend_error() {
     ))
     .await;
     a.kill();
-    wait_up("down.test", a.addr, 0.0).await;
+    wait_up(&router, "down.test", a.addr, 0.0).await;
     let hello = rustls_hello("down.test").await;
     let started = Instant::now();
     let (local, got) = send_and_read_all(router.addr, &hello).await;
@@ -327,6 +360,7 @@ async fn every_backend_checked_down_fails_at_once_with_backend_error() {
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(
         backend_metric(
+            &router,
             "sniroute_backend_connect_failures_total",
             "down.test",
             a.addr
@@ -351,15 +385,63 @@ async fn a_refusing_backend_is_skipped_by_the_next_connections() {
         assert_eq!(once(&router, &hello).await, 0);
     }
     assert_eq!(
-        backend_metric("sniroute_backend_connect_failures_total", "skip.test", dead),
+        backend_metric(
+            &router,
+            "sniroute_backend_connect_failures_total",
+            "skip.test",
+            dead
+        ),
         1.0,
         "only the first connection tried the refusing backend"
     );
     assert_eq!(
-        backend_metric("sniroute_backend_up", "skip.test", dead),
+        backend_metric(&router, "sniroute_backend_up", "skip.test", dead),
         0.0
     );
     assert_eq!(outcomes(&router, "backend_error"), 0);
+    router.stop().await.unwrap();
+}
+
+/// The gauge is read when scraped: once the passive skip has ended, a
+/// backend that answers again reads 1 with no client having tried it
+/// (with `balance = "first"` nothing tries the first backend's standby
+/// twin, so an event-driven gauge would stay 0 and alert forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_up_again_reads_1_once_its_skip_has_ended_without_traffic() {
+    let mut a = Numbered::start(0).await;
+    let b = Numbered::start(1).await;
+    a.kill();
+    let router = spawn_router(&format!(
+        "[[route]]\nsni = [\"back.test\"]\nbackends = [\"{}\", \"{}\"]\n",
+        a.addr, b.addr
+    ))
+    .await;
+    assert_eq!(
+        backend_metric(&router, "sniroute_backend_up", "back.test", a.addr),
+        1.0,
+        "in service before anything failed"
+    );
+    let hello = rustls_hello("back.test").await;
+    let refused_at = Instant::now();
+    assert_eq!(once(&router, &hello).await, 1, "a refused, b took it");
+    assert_eq!(
+        backend_metric(&router, "sniroute_backend_up", "back.test", a.addr),
+        0.0,
+        "skipped after refusing"
+    );
+    a.restart().await;
+    let skip = sniroute::balance::PASSIVE_SKIP;
+    wait_up_within(&router, "back.test", a.addr, 1.0, skip + WAIT).await;
+    let took = refused_at.elapsed();
+    eprintln!("a read 1 again {took:?} after it refused (skip = {skip:?})");
+    assert!(took >= skip, "up again before the skip ended: {took:?}");
+    assert_eq!(a.accepted(), 0, "no client (and no check) tried a again");
+    assert_eq!(
+        backend_metric(&router, "sniroute_backend_up", "back.test", b.addr),
+        1.0
+    );
+    // And it is used again: the first in order.
+    assert_eq!(once(&router, &hello).await, 0);
     router.stop().await.unwrap();
 }
 

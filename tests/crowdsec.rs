@@ -12,12 +12,14 @@ mod crowdsec_common;
 #[allow(dead_code)] // the helpers other test files use too
 mod ops_common;
 
+use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crowdsec_common::{Lapi, available, tail};
+use crowdsec_common::{Lapi, TlsFiles, available, tail};
 use ops_common::daemon::{BIN, Conf, Daemon};
 use ops_common::traffic::{expect_rejected, hello, loopback, routed_tag, tagged_echo_backend};
 use ops_common::{WAIT, wait_until};
@@ -59,11 +61,16 @@ impl Gateway {
                 pass.display()
             ));
         }
+        Gateway::with(dir, &crowdsec, backend, v6)
+    }
+
+    /// A gateway with its `[crowdsec]` section written by the caller.
+    fn with(dir: tempfile::TempDir, crowdsec: &str, backend: SocketAddr, v6: bool) -> Gateway {
         let mut conf = Conf::new().route(ROUTED, backend);
         if v6 {
             conf.listen.push(free_v6());
         }
-        conf.tail = Some(tail(dir.path(), conf.metrics, &crowdsec));
+        conf.tail = Some(tail(dir.path(), conf.metrics, crowdsec));
         let daemon = Daemon::start(&conf);
         Gateway { daemon, dir, conf }
     }
@@ -404,6 +411,255 @@ fn a_reload_turns_crowdsec_off_and_on_again() {
     gw.daemon.write_config(&gw.conf.toml());
     gw.daemon.signal(rustix::process::Signal::HUP);
     gw.wait_refuses(listed);
+}
+
+/// A hostile (or broken) LAPI: its first decision stream is a string
+/// without end. The pull fails within a bounded read — the daemon's memory
+/// stays small, the failure is counted and shown — the daemon routes
+/// meanwhile, and the next pull is a full resync (`startup=true`) that
+/// brings the decision a sane answer holds.
+#[test]
+fn a_hostile_lapi_costs_a_failed_pull_not_memory() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let lapi = listener.local_addr().unwrap();
+    let requests = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = Arc::clone(&requests);
+    // Serves until the test process ends (a pull a second).
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().enumerate() {
+            let Ok(mut conn) = conn else { continue };
+            let mut head = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            let _ = head.read_line(&mut line);
+            seen.lock().unwrap().push(line.trim().to_owned());
+            loop {
+                let mut header = String::new();
+                if head.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+                    break;
+                }
+            }
+            let ok = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n";
+            if n == 0 {
+                // Up to 1 GiB of one string, until the daemon hangs up.
+                let _ = conn.write_all(
+                    format!("{ok}\r\n{{\"new\":[{{\"scope\":\"Ip\",\"type\":\"ban\",\"value\":\"")
+                        .as_bytes(),
+                );
+                let junk = vec![b'A'; 64 << 10];
+                for _ in 0..(1 << 14) {
+                    if conn.write_all(&junk).is_err() {
+                        break;
+                    }
+                }
+            } else {
+                let body = if line.contains("startup=true") {
+                    r#"{"deleted":null,"new":[{"duration":"1h","scope":"Ip","type":"ban","value":"127.0.0.5","id":1}]}"#
+                } else {
+                    r#"{"deleted":null,"new":null}"#
+                };
+                let _ = conn.write_all(
+                    format!("{ok}Content-Length: {}\r\n\r\n{body}", body.len()).as_bytes(),
+                );
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, "k").unwrap();
+    let crowdsec = format!(
+        "lapi_url = \"http://{lapi}\"\napi_key_file = \"{}\"\nupdate_frequency = \"1s\"\n",
+        key.display()
+    );
+    let gw = Gateway::with(dir, &crowdsec, tagged_echo_backend(9), false);
+    gw.daemon
+        .wait_metric_at_least("sniroute_crowdsec_pulls_total{result=\"error\"}", 1.0);
+    assert!(gw.routes(loopback(4)));
+    let rss = rss_kib(gw.daemon.pid());
+    assert!(rss < 64 << 10, "daemon RSS {rss} KiB after a hostile pull");
+    gw.wait_refuses(loopback(5));
+    let log = gw.daemon.stderr();
+    assert!(log.contains("a decision longer than 65536 bytes"), "{log}");
+    let requests = requests.lock().unwrap().clone();
+    assert!(requests.len() >= 2, "{requests:?}");
+    for (n, line) in requests.iter().take(2).enumerate() {
+        assert!(
+            line.starts_with("GET /v1/decisions/stream?startup=true "),
+            "request {n}: {line}"
+        );
+    }
+}
+
+/// An https LAPI with a private CA, as the official bouncers meet it:
+/// gw1 trusts the CA (`ca_cert_file`) and logs in with a client
+/// certificate (no key, no password: CrowdSec's TLS auth names it after
+/// the certificate), pulls and pushes; gw2 trusts the CA and pulls with a
+/// bouncer key; gw3 does not trust the CA: its pulls fail (counted, said
+/// clearly) while it routes.
+#[test]
+fn an_https_lapi_with_a_private_ca_and_client_certificates() {
+    if !available("an_https_lapi_with_a_private_ca_and_client_certificates") {
+        return;
+    }
+    let pki = tempfile::tempdir().unwrap();
+    let tls = TlsFiles::make(pki.path());
+    let lapi = Lapi::start_tls(&tls);
+    let backend = tagged_echo_backend(10);
+    let url = lapi.https_url();
+    let ca = tls.ca.display();
+    let gw1 = Gateway::with(
+        tempfile::tempdir().unwrap(),
+        &format!(
+            "lapi_url = \"{url}\"\nca_cert_file = \"{ca}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
+             update_frequency = \"1s\"\npush = true\n",
+            tls.client_cert.display(),
+            tls.client_key.display()
+        ),
+        backend,
+        false,
+    );
+    let gw2_dir = tempfile::tempdir().unwrap();
+    let key = lapi.bouncer("gw2", gw2_dir.path());
+    let keyed = format!(
+        "lapi_url = \"{url}\"\napi_key_file = \"{}\"\nupdate_frequency = \"1s\"\n",
+        key.display()
+    );
+    let gw2 = Gateway::with(
+        gw2_dir,
+        &format!("{keyed}ca_cert_file = \"{ca}\"\n"),
+        backend,
+        false,
+    );
+    let gw3_dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&key, gw3_dir.path().join("gw2.key")).unwrap();
+    let gw3 = Gateway::with(gw3_dir, &keyed, backend, false);
+
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg(&gw1.daemon.config_path)
+        .output()
+        .unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{summary}");
+    assert!(
+        summary.contains("trusts 1 CA certificate from") && summary.contains("client certificate"),
+        "{summary}"
+    );
+    gw1.daemon
+        .wait_metric_at_least("sniroute_crowdsec_pulls_total{result=\"ok\"}", 1.0);
+    gw2.daemon
+        .wait_metric_at_least("sniroute_crowdsec_pulls_total{result=\"ok\"}", 1.0);
+    let scanner = loopback(31);
+    gw1.strike(scanner);
+    let took = gw2.wait_refuses(scanner);
+    assert!(took <= PROPAGATION, "the ban reached gw2 after {took:?}");
+    assert!(gw1.metric("sniroute_crowdsec_pushes_total{result=\"ok\"}") >= 1.0);
+    // The LAPI made the bouncer and the machine from the certificate.
+    let bouncers = lapi.cscli(&["bouncers", "list", "-o", "raw"]);
+    assert!(bouncers.contains("sniroute-tls@127.0.0.1"), "{bouncers}");
+    let machines = lapi.cscli(&["machines", "list", "-o", "raw"]);
+    assert!(machines.contains("sniroute-tls@127.0.0.1"), "{machines}");
+
+    // gw3 does not know the CA: every pull fails, it routes, and says why.
+    gw3.daemon
+        .wait_metric_at_least("sniroute_crowdsec_pulls_total{result=\"error\"}", 2.0);
+    assert_eq!(
+        gw3.metric("sniroute_crowdsec_pulls_total{result=\"ok\"}"),
+        0.0
+    );
+    assert!(gw3.routes(scanner));
+    let (_, status) = gw3.cli(&["status"]);
+    assert!(
+        status.contains("invalid peer certificate") && status.contains("UnknownIssuer"),
+        "{status}"
+    );
+}
+
+/// The parser and scenario shipped in `config/crowdsec/` run in a real
+/// CrowdSec agent: sniroute writes its access log (an unknown SNI from one
+/// address, a routed connection from another), `crowdsec -dsn file://...
+/// -type sniroute` reads it as the acquisition snippet says, and the LAPI
+/// then holds a ban of the scanner by `sniroute/unknown-sni`, not of the
+/// other client.
+#[test]
+fn crowdsecs_agent_reads_the_access_log_with_the_shipped_parser_and_scenario() {
+    if !available("crowdsecs_agent_reads_the_access_log_with_the_shipped_parser_and_scenario") {
+        return;
+    }
+    let lapi = Lapi::start();
+    let d = lapi.dir.path();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/crowdsec");
+    for (from, to) in [
+        ("parsers/s01-parse/sniroute-logs.yaml", "parsers/s01-parse"),
+        ("scenarios/sniroute-unknown-sni.yaml", "scenarios"),
+    ] {
+        std::fs::create_dir_all(d.join(to)).unwrap();
+        let name = Path::new(from).file_name().unwrap();
+        std::fs::copy(shipped.join(from), d.join(to).join(name)).unwrap();
+    }
+    // What the hub's crowdsecurity/non-syslog and dateparse-enrich do (the
+    // README has users install those; Debian's offline hub lacks the first).
+    std::fs::create_dir_all(d.join("parsers/s00-raw")).unwrap();
+    std::fs::write(
+        d.join("parsers/s00-raw/file-logs.yaml"),
+        "filter: \"evt.Line.Labels.type != 'syslog'\"\nonsuccess: next_stage\nname: test/file-logs\n\
+         statics:\n  - parsed: message\n    expression: evt.Line.Raw\n\
+         \x20 - parsed: program\n    expression: evt.Line.Labels.type\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(d.join("parsers/s02-enrich")).unwrap();
+    std::fs::write(
+        d.join("parsers/s02-enrich/dates.yaml"),
+        "filter: \"evt.StrTime != ''\"\nname: test/dates\nstatics:\n  - method: ParseDate\n    expression: evt.StrTime\n\
+         \x20 - target: MarshaledTime\n    expression: evt.Enriched.MarshaledTime\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("/etc/crowdsec/patterns", d.join("patterns")).unwrap();
+    // An empty hub index: every item here is a local one.
+    std::fs::write(
+        d.join("hub/.index.json"),
+        r#"{"parsers":{},"postoverflows":{},"scenarios":{},"collections":{}}"#,
+    )
+    .unwrap();
+
+    // A real access log.
+    let log = d.join("access.log");
+    let mut conf = Conf::new().route(ROUTED, tagged_echo_backend(11));
+    conf.access_log = Some(log.clone());
+    let daemon = Daemon::start(&conf);
+    let (scanner, client) = (loopback(42), loopback(43));
+    expect_rejected(scanner, conf.listen[0], &hello(UNKNOWN));
+    assert!(routed_tag(client, conf.listen[0], ROUTED).is_some());
+    wait_until("two access log lines", WAIT, || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        (text.lines().count() >= 2).then_some(text)
+    });
+    drop(daemon);
+
+    // The shipped acquisition snippet names the file (read here with
+    // -dsn, the one-shot form of the same file source and type).
+    let acquis = std::fs::read_to_string(shipped.join("acquis.d/sniroute.yaml")).unwrap();
+    assert!(acquis.contains("type: sniroute"), "{acquis}");
+    let acquis = acquis.replace("/var/log/sniroute/access.log", &log.display().to_string());
+    std::fs::write(d.join("acquis.yaml"), acquis).unwrap();
+    let config = d.join("config.yaml");
+    let out = Command::new(crowdsec_common::CROWDSEC)
+        .arg("-c")
+        .arg(&config)
+        .args(["-no-api", "-dsn"])
+        .arg(format!("file://{}", log.display()))
+        .args(["-type", "sniroute"])
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "crowdsec agent: {said}");
+    wait_until("the scanner banned by the agent's alert", WAIT, || {
+        (count(&lapi, "127.0.0.42", SCENARIO) == 1).then_some(())
+    });
+    assert_eq!(count(&lapi, "127.0.0.43", SCENARIO), 0, "{said}");
 }
 
 /// Resident set size of this process, in bytes.

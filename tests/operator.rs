@@ -17,12 +17,15 @@
 #[allow(dead_code)]
 mod ops_common;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ops_common::daemon::{Conf, Daemon, free_addr, http_get};
+use ops_common::daemon::{Conf, Daemon, free_addr, http_get, sample};
 use ops_common::prometheus::Prometheus;
-use ops_common::traffic::{expect_rejected, hello, loopback, routed_tag, tagged_echo_backend};
+use ops_common::traffic::{
+    connect_from, expect_rejected, hello, loopback, open_routed, routed_tag, tagged_echo_backend,
+};
 use ops_common::{WAIT, needed_tool, wait_until};
 use rustix::process::Signal;
 
@@ -444,17 +447,18 @@ fn every_alert_explains_itself_and_is_tested_both_ways() {
         "sniroute_bans_total",
         "sniroute_firewall_errors_total",
         "sniroute_crowdsec_pulls_total{result=\"error\"}",
-        "sniroute_active_connections",
+        "sniroute_open_connections",
         "sniroute_max_connections",
+        "sniroute_backend_connect_failures_total",
     ] {
         assert!(all.contains(wanted), "no alert reads {wanted}");
     }
 }
 
-/// Series that exist only where their feature is configured: health checks
-/// (`sniroute_backend_up`), kernel bans, CrowdSec.
-const FEATURE_SERIES: [&str; 3] = [
-    "sniroute_backend_up",
+/// Series that exist only where their feature is configured: kernel bans,
+/// CrowdSec. (Each backend of the config has its `sniroute_backend_*`
+/// series, health checks or not.)
+const FEATURE_SERIES: [&str; 2] = [
     "sniroute_firewall_errors_total",
     "sniroute_crowdsec_pulls_total",
 ];
@@ -518,6 +522,109 @@ fn max_connections_and_the_last_reload_follow_reloads() {
         Some(1.0)
     );
     assert_eq!(daemon.metric("sniroute_max_connections"), Some(20_000.0));
+}
+
+/// Every line of a scrape that names `label="value"`.
+fn series_with<'a>(scrape: &'a str, label: &str, value: &str) -> Vec<&'a str> {
+    let want = format!("{label}=\"{value}\"");
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains(&want))
+        .collect()
+}
+
+#[test]
+fn a_reload_drops_the_series_of_removed_backends_and_routes() {
+    const OTHER: &str = "other.example";
+    let (a, b, c) = (
+        tagged_echo_backend(b'A'),
+        tagged_echo_backend(b'B'),
+        tagged_echo_backend(b'C'),
+    );
+    let conf = Conf::new().route(ROUTED, a).route(OTHER, b);
+    let daemon = Daemon::start(&conf);
+    let up = |route: &str, backend| {
+        format!("sniroute_backend_up{{route=\"{route}\",backend=\"{backend}\"}}")
+    };
+    let routed = format!("sniroute_routed_connections_total{{route=\"{ROUTED}\"}}");
+    assert_eq!(daemon.metric(&up(ROUTED, a)), Some(1.0));
+    assert_eq!(daemon.metric(&up(OTHER, b)), Some(1.0));
+    assert_eq!(routed_tag(loopback(ME), conf.listen[0], ROUTED), Some(b'A'));
+    assert_eq!(daemon.metric(&routed), Some(1.0));
+
+    // ROUTED moves from a to c; OTHER goes away.
+    let text = conf
+        .toml()
+        .replace(&format!("backend = \"{a}\""), &format!("backend = \"{c}\""))
+        .replace(
+            &format!("\n[[route]]\nsni = [\"{OTHER}\"]\nbackend = \"{b}\"\n"),
+            "",
+        );
+    assert!(!text.contains(OTHER), "{text}");
+    daemon.write_config(&text);
+    daemon.signal(Signal::HUP);
+    daemon.wait_metric_at_least(OK_RELOADS, 1.0);
+
+    let scrape = daemon.scrape();
+    assert_eq!(
+        series_with(&scrape, "backend", &a.to_string()),
+        Vec::<&str>::new()
+    );
+    assert_eq!(series_with(&scrape, "route", OTHER), Vec::<&str>::new());
+    assert_eq!(sample(&scrape, &up(ROUTED, c)), Some(1.0), "{scrape}");
+    assert_eq!(
+        sample(&scrape, &routed),
+        Some(1.0),
+        "a kept route's counters go on:\n{scrape}"
+    );
+    assert_eq!(routed_tag(loopback(ME), conf.listen[0], ROUTED), Some(b'C'));
+    assert_eq!(
+        daemon.metric(&format!(
+            "sniroute_backend_connections_total{{route=\"{ROUTED}\",backend=\"{c}\"}}"
+        )),
+        Some(1.0)
+    );
+    assert_eq!(daemon.metric(&routed), Some(2.0));
+}
+
+#[test]
+fn open_connections_counts_clients_still_waiting_for_their_hello() {
+    const OPEN: &str = "sniroute_open_connections";
+    let conf = Conf::new().route(ROUTED, tagged_echo_backend(b'A'));
+    // No TCP_DEFER_ACCEPT, so a silent client is accepted (and held) at
+    // once; a hello timeout no loaded runner reaches.
+    let text = conf
+        .toml()
+        .replace("workers = 2\n", "workers = 2\ndefer_accept = false\n")
+        .replace(
+            "client_hello_timeout = \"2s\"",
+            "client_hello_timeout = \"60s\"",
+        );
+    let daemon = Daemon::start(&conf);
+    daemon.write_config(&text);
+    daemon.signal(Signal::HUP);
+    daemon.wait_metric_at_least(OK_RELOADS, 1.0);
+    assert_eq!(daemon.metric(OPEN), Some(0.0));
+
+    let to = conf.listen[0];
+    let silent = connect_from(loopback(ME), to);
+    let mut partial = connect_from(loopback(ME), to);
+    partial.write_all(&hello(ROUTED)[..10]).unwrap();
+    let (routed, tag) = open_routed(loopback(ME), to, ROUTED).unwrap();
+    assert_eq!(tag, b'A');
+    daemon.wait_metric_at_least(OPEN, 3.0);
+    assert_eq!(daemon.metric(OPEN), Some(3.0));
+    assert_eq!(
+        daemon.metric(&format!(
+            "sniroute_active_connections{{route=\"{ROUTED}\"}}"
+        )),
+        Some(1.0),
+        "only one of them is routed"
+    );
+    drop((silent, partial, routed));
+    wait_until("the open connections to close", WAIT, || {
+        (daemon.metric(OPEN) == Some(0.0)).then_some(())
+    });
 }
 
 #[test]

@@ -121,6 +121,8 @@ fn dashboard_is_importable_with_a_prometheus_datasource_variable() {
         "rate(sniroute_strikes_total",
         "sum by (outcome) (rate(sniroute_connections_total",
         "sniroute_active_connections",
+        "sniroute_open_connections",
+        "sniroute_backend_up",
         "sum by (route, direction) (rate(sniroute_bytes_total",
         "histogram_quantile(0.5, sum by (le) (rate(sniroute_client_hello_seconds_bucket",
         "histogram_quantile(0.9, sum by (le) (rate(sniroute_client_hello_seconds_bucket",

@@ -1,14 +1,16 @@
 //! The kernel-bans phase, for sniroute with `firewall.backend = "nftables"`
 //! (run by `benches/compare.sh` in a network namespace of its own, so the
 //! host's ruleset is never touched): [`KERNEL_SOURCES`] sources are struck
-//! once and banned; from then on the kernel drops their SYNs. Then three
-//! windows of `secs` each:
+//! once and banned; from then on the kernel drops their SYNs. Then:
 //!
-//! 1. routed connections alone (the baseline for this run);
-//! 2. the banned sources flood alone: proxy CPU per banned attempt (each
+//! 1. the banned sources flood alone: proxy CPU per banned attempt (each
 //!    attempt is one SYN the kernel drops; nothing reaches sniroute);
-//! 3. the flood and the routed connections together: routed conn/s during
-//!    the flood, against window 1.
+//! 2. [`PAIRS`] pairs of windows of `secs` each, alternating: routed
+//!    connections alone, then routed connections during the flood. The
+//!    figure is the median of the pairs' ratios: on a shared machine the
+//!    load of other processes drifts over seconds, and neighbouring windows
+//!    see nearly the same drift, where one quiet window against one flood
+//!    window minutes apart does not.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use crate::phases::{
     Context, Meter, ROUTED_SOURCES, STEP_TIMEOUT, Target, WARMUP, closed_after, closed_loop, ping,
     step,
 };
+use crate::report::median;
 use crate::sources::{self, Sources};
 use crate::wire;
 
@@ -41,6 +44,10 @@ const FLOOD_TASKS: usize = 200;
 /// The flood-only window is this many times `secs`.
 const FLOOD_ONLY_WINDOWS: f64 = 4.0;
 
+/// Quiet/flood window pairs behind the routed-during-flood ratio (odd, so
+/// the median is one pair's).
+const PAIRS: usize = 5;
+
 /// How long the bans may take to reach the kernel (batched every 100 ms).
 const BANS_IN_KERNEL_WITHIN: Duration = Duration::from_secs(10);
 
@@ -50,9 +57,10 @@ pub struct KernelBans {
     pub sources: u32,
     /// Seconds from the first strike until every source's SYN was dropped.
     pub ban_secs: f64,
-    /// Window 1: routed connections per second, no flood.
+    /// Routed connections per second without the flood (median of the
+    /// quiet windows).
     pub routed_quiet_per_s: f64,
-    /// Window 2: SYNs sent by banned sources, and how many were answered
+    /// The flood-only window: SYNs sent by banned sources, and how many were answered
     /// (should be 0).
     pub attempts: u64,
     pub attempts_per_s: f64,
@@ -60,9 +68,13 @@ pub struct KernelBans {
     pub flood_proxy_cpu_s: Option<f64>,
     /// Proxy CPU per banned attempt, µs.
     pub cpu_us_per_attempt: Option<f64>,
-    /// Window 3: routed connections per second during the flood.
+    /// Routed connections per second during the flood (median of the
+    /// flood windows).
     pub routed_flood_per_s: f64,
     pub routed_flood_errors: usize,
+    /// Per pair, flood window / quiet window; the figure is their median.
+    #[serde(default)]
+    pub routed_ratios: Vec<f64>,
     pub context: Context,
 }
 
@@ -168,7 +180,6 @@ pub async fn kernel_bans(
     for _ in 0..WARMUP {
         step("warm-up", ping(&routed_source, addr)).await?;
     }
-    let (routed_quiet_per_s, _) = routed(addr, concurrency, secs).await;
 
     let ips = Arc::new(ips);
     let meter = Meter::start(target)?;
@@ -176,21 +187,35 @@ pub async fn kernel_bans(
     let spent = meter.stop(target)?;
     ensure!(attempts > 0, "no banned attempt was made");
 
-    let flooding = tokio::spawn(flood(ips, addr, secs));
-    let (routed_flood_per_s, routed_flood_errors) = routed(addr, concurrency, secs).await;
-    let _ = flooding.await;
+    let (mut quiet, mut flooded, mut routed_ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut routed_flood_errors = 0;
+    for _ in 0..PAIRS {
+        let (alone, _) = routed(addr, concurrency, secs).await;
+        let flooding = tokio::spawn(flood(Arc::clone(&ips), addr, secs));
+        let (during, errors) = routed(addr, concurrency, secs).await;
+        let _ = flooding.await;
+        quiet.push(alone);
+        flooded.push(during);
+        routed_ratios.push(during / alone);
+        routed_flood_errors += errors;
+    }
 
     Ok(KernelBans {
         sources: KERNEL_SOURCES,
         ban_secs,
-        routed_quiet_per_s,
+        routed_quiet_per_s: median(quiet).unwrap_or(0.0),
         attempts,
         attempts_per_s: attempts as f64 / spent.wall,
         answered,
         flood_proxy_cpu_s: spent.proxy,
         cpu_us_per_attempt: spent.proxy.map(|cpu| cpu * 1e6 / attempts as f64),
-        routed_flood_per_s,
+        routed_flood_per_s: median(flooded).unwrap_or(0.0),
         routed_flood_errors,
+        routed_ratios: {
+            let mut sorted = routed_ratios.clone();
+            sorted.sort_by(f64::total_cmp);
+            sorted
+        },
         context: spent.context(),
     })
 }

@@ -5,8 +5,9 @@
 //! `config::parse_str` is what `check`, `run` and a reload all call. Checked,
 //! beyond "no panic, no hang, no huge allocation": a valid config has at least
 //! one listener and one route and its summary renders; an invalid one has at
-//! least one diagnostic, each pointing inside the text (1-based line and
-//! column) with a message.
+//! least one diagnostic, each pointing inside the text (a 1-based line that
+//! exists, a 1-based column at most one past that line's last character,
+//! counted in characters) with a message, sorted by place.
 
 /// Checks one fuzz input; panics on a broken property.
 pub fn check_input(data: &[u8]) {
@@ -21,14 +22,19 @@ pub fn check_input(data: &[u8]) {
         }
         Err(diagnostics) => {
             assert!(!diagnostics.is_empty(), "invalid without a diagnostic");
-            let lines = text.split('\n').count();
+            let lines: Vec<&str> = text.split('\n').collect();
             for d in &diagnostics {
+                let line = d.line.checked_sub(1).and_then(|i| lines.get(i));
                 assert!(
-                    d.line >= 1 && d.line <= lines + 1 && d.col >= 1,
+                    line.is_some_and(|line| d.col >= 1 && d.col <= line.chars().count() + 1),
                     "diagnostic outside the text: {d:?}"
                 );
                 assert!(!d.message.is_empty(), "empty message: {d:?}");
             }
+            assert!(
+                diagnostics.is_sorted_by_key(|d| (d.line, d.col)),
+                "diagnostics out of order"
+            );
         }
     }
 }

@@ -8,9 +8,11 @@
 //! is not `NeedMore`.
 //!
 //! Input layout: `[cap_hi, cap_lo, split_seed, stream...]`, as for the
-//! clienthello target: `cap` 0 means the default 16384, values below 512
-//! mean 512 (the config's range); `split_seed` 0 means one byte per read on
-//! short streams, else pseudo-random reads of 1..=256 bytes.
+//! clienthello target: `cap` 0 means the default 16384, any other value is
+//! taken as is (the config allows 512..=65536; the reader never looks past
+//! `max_len`, so small caps are as final as large ones and reach `TooLarge`
+//! inside the request line); `split_seed` 0 means one byte per read on short
+//! streams, else pseudo-random reads of 1..=256 bytes.
 //!
 //! Checked, beyond "no panic, no hang, no huge allocation":
 //! - the incremental reader and a fresh `parse` of the same prefix agree on
@@ -21,7 +23,13 @@
 //!   `len - 1` bytes say `NeedMore`, `len <= cap`, a cap of `len` takes it
 //!   and a cap of `len - 1` refuses it as `TooLarge`;
 //! - the host is canonical (`HostName::parse` of it gives it back) and no
-//!   reject is other than `NotHttp`, `NoHost` or `TooLarge`.
+//!   reject is other than `NotHttp`, `NoHost` or `TooLarge`;
+//! - a backend cannot read the head another way: `httparse` (the parser of
+//!   hyper and most Rust servers), when it takes the head at all, ends it at
+//!   the same byte and finds the same host (in the one `Host` field, or in an
+//!   absolute-form target), and never sees a whole head where `httphead`
+//!   still waits for more. Where `httparse` refuses a head `httphead` took
+//!   (an HTTP/1.2 version, say), the backend answers 400: no confusion.
 
 use sniroute::hostname::HostName;
 use sniroute::httphead::{Reader, Request, Verdict, parse};
@@ -29,8 +37,6 @@ use sniroute::outcome::Outcome;
 
 /// The config default for `max_client_hello`.
 const DEFAULT_CAP: usize = 16384;
-/// The config's lowest `max_client_hello`.
-const MIN_CAP: usize = 512;
 /// One-byte reads cost a fresh parse per byte (quadratic); only for short streams.
 const BYTEWISE_MAX: usize = 600;
 /// Largest pseudo-random read.
@@ -43,7 +49,7 @@ pub fn check_input(data: &[u8]) {
     };
     let cap = match usize::from(u16::from_be_bytes([*cap_hi, *cap_lo])) {
         0 => DEFAULT_CAP,
-        n => n.max(MIN_CAP),
+        n => n,
     };
     check(stream, cap, *seed);
 }
@@ -68,7 +74,10 @@ fn check(stream: &[u8], cap: usize, seed: u8) {
         }
     }
     match decided {
-        Some((at, Verdict::Request(request))) => check_request(stream, cap, at, &request),
+        Some((at, Verdict::Request(request))) => {
+            check_request(stream, cap, at, &request);
+            check_against_httparse(&stream[..request.len], &request);
+        }
         Some((_, Verdict::Reject(outcome))) => assert!(
             matches!(
                 outcome,
@@ -77,12 +86,64 @@ fn check(stream: &[u8], cap: usize, seed: u8) {
             "unexpected reject {outcome:?}"
         ),
         Some((_, Verdict::NeedMore)) => unreachable!(),
-        None => assert!(
-            stream.len() < cap,
-            "{} bytes >= cap {cap} and still NeedMore",
-            stream.len()
-        ),
+        None => {
+            assert!(
+                stream.len() < cap,
+                "{} bytes >= cap {cap} and still NeedMore",
+                stream.len()
+            );
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let theirs = httparse::Request::new(&mut headers).parse(stream);
+            assert!(
+                !matches!(theirs, Ok(httparse::Status::Complete(_))),
+                "httparse reads a whole head where httphead needs more"
+            );
+        }
     }
+}
+
+/// Header fields `httparse` is given room for; a head with more is not
+/// compared (`TooManyHeaders`).
+const MAX_HEADERS: usize = 128;
+
+/// `httparse` on the head `httphead` took: the same end, the same host.
+fn check_against_httparse(head: &[u8], request: &Request) {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut theirs = httparse::Request::new(&mut headers);
+    let end = match theirs.parse(head) {
+        Ok(httparse::Status::Complete(end)) => end,
+        Ok(httparse::Status::Partial) => {
+            panic!("httparse needs more where httphead saw the whole head")
+        }
+        // Refused by the backend too (or more fields than compared).
+        Err(_) => return,
+    };
+    assert_eq!(end, request.len, "httparse ends the head elsewhere");
+    let target = theirs.path.unwrap_or_default().as_bytes();
+    let named = if target.starts_with(b"/") || target == b"*" {
+        let mut hosts = theirs
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("host"));
+        let (Some(host), None) = (hosts.next(), hosts.next()) else {
+            panic!("httphead took a head without exactly one Host field");
+        };
+        host.value
+    } else {
+        let scheme_end = target.windows(3).position(|w| w == b"://");
+        let rest = scheme_end.map_or(target, |at| &target[at + 3..]);
+        rest.split(|&b| matches!(b, b'/' | b'?' | b'#'))
+            .next()
+            .unwrap_or_default()
+    };
+    let named = named.trim_ascii();
+    let name = named.split(|&b| b == b':').next().unwrap_or_default();
+    assert_eq!(
+        HostName::parse(name).as_ref(),
+        Some(&request.host),
+        "httparse reads another host: {:?}",
+        String::from_utf8_lossy(named)
+    );
 }
 
 fn check_request(stream: &[u8], cap: usize, at: usize, request: &Request) {

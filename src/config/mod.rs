@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use crate::cidr::CidrSet;
 use crate::hostname::HostName;
 use crate::outcome::Outcome;
-pub use crowdsec::{CrowdsecConfig, PushConfig, Secret};
+pub use crowdsec::{ClientCert, CrowdsecConfig, PushConfig, Secret};
 
 mod build;
 mod check;

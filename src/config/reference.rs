@@ -436,7 +436,7 @@ pub const REFERENCE: &[Section] = &[
                 name: "api_key_file",
                 default: "\"/etc/sniroute/crowdsec.key\"",
                 doc: "File holding the bouncer key (cscli bouncers add NAME -o raw), one key per \
-                      gateway. Read when lapi_url is set.",
+                      gateway. Read when lapi_url is set and cert_file is not.",
             },
             Key {
                 name: "update_frequency",
@@ -453,7 +453,7 @@ pub const REFERENCE: &[Section] = &[
                 name: "machine_id",
                 default: "\"\"",
                 doc: "The machine login for push (cscli machines add NAME --password ...); \
-                      required with push = true.",
+                      required with push = true unless cert_file is set.",
             },
             Key {
                 name: "password_file",
@@ -464,6 +464,27 @@ pub const REFERENCE: &[Section] = &[
                 name: "scenario",
                 default: "\"sniroute/unknown-sni\"",
                 doc: "Scenario name on pushed alerts and decisions.",
+            },
+            Key {
+                name: "ca_cert_file",
+                default: "\"\"",
+                doc: "PEM file of CA certificates trusted for an https LAPI in addition to the \
+                      system's roots (a private CA or the LAPI's self-signed certificate), like \
+                      the official bouncers' ca_cert_path. \"\" = system roots only.",
+            },
+            Key {
+                name: "cert_file",
+                default: "\"\"",
+                doc: "PEM client certificate (chain) for CrowdSec's TLS auth, with key_file: the \
+                      LAPI takes it instead of the bouncer key and the machine password (neither \
+                      file is read then) and names the bouncer and machine CN@address. Its OU \
+                      must be in the LAPI's api.server.tls.bouncers_allowed_ou (and \
+                      agents_allowed_ou with push). https only.",
+            },
+            Key {
+                name: "key_file",
+                default: "\"\"",
+                doc: "The PEM private key of cert_file.",
             },
         ],
     },

@@ -152,14 +152,34 @@ impl Config {
             return "crowdsec: off".to_string();
         };
         let push = match &c.push {
+            Some(p) if p.password.is_none() => format!(
+                "push bans as the client certificate's machine (scenario {})",
+                p.scenario
+            ),
             Some(p) => format!(
                 "push bans as machine {} (scenario {})",
-                p.machine_id, p.scenario
+                p.machine_id.as_deref().unwrap_or(""),
+                p.scenario
             ),
             None => "no push".to_string(),
         };
+        let mut tls = String::new();
+        if let Some(ca) = &c.ca_cert_file {
+            let n = c.ca_certs.len();
+            let s = if n == 1 { "" } else { "s" };
+            tls.push_str(&format!(
+                "; trusts {n} CA certificate{s} from {} besides the system's",
+                ca.display()
+            ));
+        }
+        if let Some(cert) = &c.client_cert {
+            tls.push_str(&format!(
+                "; authenticates with the client certificate {}",
+                cert.cert_file.display()
+            ));
+        }
         format!(
-            "crowdsec: pull decisions from {} every {}; {push}",
+            "crowdsec: pull decisions from {} every {}; {push}{tls}",
             c.lapi_url,
             human(c.update_frequency)
         )

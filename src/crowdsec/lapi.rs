@@ -6,10 +6,11 @@
 
 use std::time::{Duration, SystemTime};
 
-use reqwest::{Client, Response, StatusCode, Url};
+use bytes::Bytes;
+use reqwest::{Certificate, Client, Identity, Response, StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{CrowdsecConfig, PushConfig};
+use crate::config::{CrowdsecConfig, PushConfig, Secret};
 
 /// `User-Agent` of every request: the LAPI shows it in `cscli bouncers list`.
 const USER_AGENT: &str = concat!("sniroute/", env!("CARGO_PKG_VERSION"));
@@ -20,7 +21,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// leaves room for a slow LAPI on SQLite without hanging a pull forever.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest stream body read: ~1.7 million decisions at ~150 bytes each,
-/// beyond any blocklist; a bigger answer is refused rather than held.
+/// beyond any blocklist. The body is parsed as it arrives, never held
+/// whole; this bounds the time a hostile or broken LAPI can keep a pull
+/// busy (with the request timeout).
 const MAX_BODY: usize = 256 << 20;
 /// A JWT is renewed this long before the `expire` the LAPI gave.
 const TOKEN_MARGIN: Duration = Duration::from_secs(60);
@@ -28,7 +31,8 @@ const TOKEN_MARGIN: Duration = Duration::from_secs(60);
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LapiError {
-    #[error("{0}")]
+    /// With its causes: reqwest's own text is only "error sending request".
+    #[error("{}", with_causes(.0))]
     Http(#[from] reqwest::Error),
     #[error("LAPI answered {status}: {body}")]
     Status { status: StatusCode, body: String },
@@ -52,16 +56,28 @@ pub struct Lapi {
 }
 
 impl Lapi {
-    /// Builds the client (TLS with the system's roots for `https`).
+    /// Builds the client: for `https`, the system's roots plus
+    /// `ca_cert_file`'s, and the client certificate if one is configured.
     pub fn new(config: &CrowdsecConfig) -> anyhow::Result<Lapi> {
         // reqwest is built without a default crypto provider: use ring, the
         // one the rest of the project's TLS code uses. Err = already set.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = Client::builder()
+        let mut builder = Client::builder()
             .user_agent(USER_AGENT)
             .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .build()?;
+            .timeout(REQUEST_TIMEOUT);
+        if !config.ca_certs.is_empty() {
+            let roots = config
+                .ca_certs
+                .iter()
+                .map(|der| Certificate::from_der(der))
+                .collect::<Result<Vec<_>, _>>()?;
+            builder = builder.tls_certs_merge(roots);
+        }
+        if let Some(cert) = &config.client_cert {
+            builder = builder.identity(Identity::from_pem(cert.pem.expose().as_bytes())?);
+        }
+        let http = builder.build()?;
         Ok(Lapi {
             http,
             base: config.lapi_url.clone(),
@@ -74,32 +90,35 @@ impl Lapi {
             .map_err(|e| LapiError::Body(format!("bad URL {path}: {e}")))
     }
 
-    /// `GET /v1/decisions/stream[?startup=true]`: the raw body.
-    pub async fn stream(&self, key: &str, startup: bool) -> Result<Vec<u8>, LapiError> {
+    /// `GET /v1/decisions/stream[?startup=true]`: the body, to be read as
+    /// it arrives.
+    /// Without a key, the client certificate is the credential.
+    pub async fn stream(&self, key: Option<&str>, startup: bool) -> Result<StreamBody, LapiError> {
         let mut url = self.url("v1/decisions/stream")?;
         if startup {
             url.set_query(Some("startup=true"));
         }
-        let response = self.http.get(url).header("X-Api-Key", key).send().await?;
-        let mut response = ok(response).await?;
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await? {
-            if body.len() + chunk.len() > MAX_BODY {
-                return Err(LapiError::Body(format!(
-                    "decision stream larger than {MAX_BODY} bytes"
-                )));
-            }
-            body.extend_from_slice(&chunk);
+        let mut request = self.http.get(url);
+        if let Some(key) = key {
+            request = request.header("X-Api-Key", key);
         }
-        Ok(body)
+        let response = request.send().await?;
+        Ok(StreamBody {
+            response: ok(response).await?,
+            read: 0,
+        })
     }
 
-    /// `POST /v1/watchers/login`: a JWT and when it expires.
+    /// `POST /v1/watchers/login`: a JWT and when it expires. Without a
+    /// password, the client certificate is the credential (the LAPI wants
+    /// only the scenarios then).
     pub async fn login(&self, push: &PushConfig) -> Result<Token, LapiError> {
         #[derive(Serialize)]
         struct Login<'a> {
-            machine_id: &'a str,
-            password: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            machine_id: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            password: Option<&'a str>,
             scenarios: [&'a str; 1],
         }
         #[derive(Deserialize)]
@@ -107,9 +126,10 @@ impl Lapi {
             token: String,
             expire: Option<String>,
         }
+        let password = push.password.as_ref().map(Secret::expose);
         let body = Login {
-            machine_id: &push.machine_id,
-            password: push.password.expose(),
+            machine_id: password.and(push.machine_id.as_deref()),
+            password,
             scenarios: [&push.scenario],
         };
         let response = self
@@ -172,6 +192,29 @@ impl Lapi {
     }
 }
 
+/// A decision stream's body, arriving.
+pub struct StreamBody {
+    response: Response,
+    read: usize,
+}
+
+impl StreamBody {
+    /// The next piece of the body; `None` at its end. A body beyond
+    /// [`MAX_BODY`] is an error.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, LapiError> {
+        let Some(chunk) = self.response.chunk().await? else {
+            return Ok(None);
+        };
+        self.read += chunk.len();
+        if self.read > MAX_BODY {
+            return Err(LapiError::Body(format!(
+                "decision stream larger than {MAX_BODY} bytes"
+            )));
+        }
+        Ok(Some(chunk))
+    }
+}
+
 /// A machine's JWT.
 #[derive(Clone)]
 pub struct Token {
@@ -191,4 +234,22 @@ async fn ok(response: Response) -> Result<Response, LapiError> {
     let body = response.text().await.unwrap_or_default();
     let body: String = body.chars().take(SHOWN).collect();
     Err(LapiError::Status { status, body })
+}
+
+/// `error` and its causes, `: `-joined (the TLS or connect error is a cause).
+fn with_causes(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(e) = cause {
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = e.source();
+    }
+    if text.contains("UnknownIssuer") {
+        text.push_str(" (is the LAPI's CA in crowdsec.ca_cert_file?)");
+    }
+    text
 }

@@ -16,6 +16,7 @@ pub mod push;
 pub mod stream;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -118,12 +119,16 @@ fn unix_now() -> u64 {
 pub struct Crowdsec {
     pub status: Arc<Status>,
     tasks: Vec<JoinHandle<()>>,
+    /// Set when dropped: a pull still parsing on a blocking thread (not
+    /// cancelled by the abort) then applies nothing.
+    stopped: Arc<AtomicBool>,
     /// The config they run with (a reload restarts them when it changes).
     pub config: CrowdsecConfig,
 }
 
 impl Drop for Crowdsec {
     fn drop(&mut self) {
+        self.stopped.store(true, Ordering::SeqCst);
         for task in &self.tasks {
             task.abort();
         }
@@ -153,12 +158,14 @@ pub fn start(
         );
         tasks.push(tokio::spawn(pusher.run(events)));
     }
+    let stopped = Arc::new(AtomicBool::new(false));
     tasks.push(tokio::spawn(pull::run(
         lapi,
         config.api_key.clone(),
         config.update_frequency,
         Arc::clone(guard),
         Arc::clone(&status),
+        Arc::clone(&stopped),
     )));
     tracing::info!(
         lapi = %config.lapi_url,
@@ -169,6 +176,7 @@ pub fn start(
     Ok(Crowdsec {
         status,
         tasks,
+        stopped,
         config: config.clone(),
     })
 }

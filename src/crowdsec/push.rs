@@ -345,7 +345,8 @@ fn alert(config: &PushConfig, net: IpNet, secs: u64) -> Value {
     };
     let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let duration = go_duration_string(Duration::from_secs(secs));
-    let message = format!("{}: {value} banned for {duration}", config.machine_id);
+    let machine = config.machine_id.as_deref().unwrap_or("sniroute");
+    let message = format!("{machine}: {value} banned for {duration}");
     let source = if scope == "Ip" {
         json!({ "scope": scope, "value": value, "ip": value })
     } else {
@@ -418,9 +419,9 @@ mod tests {
 
     fn push_config() -> PushConfig {
         crate::config::PushConfig {
-            machine_id: "gw1".into(),
+            machine_id: Some("gw1".into()),
             password_file: "/dev/null".into(),
-            password: crate::config::Secret::new("pw"),
+            password: Some(crate::config::Secret::new("pw")),
             scenario: "sniroute/unknown-sni".into(),
         }
     }

@@ -370,6 +370,14 @@ impl<E: Expiring> BanTable<E> {
             .collect()
     }
 
+    /// Calls `f` with every entry in force at `now`, one shard read-locked
+    /// at a time: `f` must not write this table.
+    pub fn for_each_in_force(&self, now: u64, mut f: impl FnMut(IpNet, E)) {
+        for e in self.map.iter().filter(|e| e.expires_at() > now) {
+            f(*e.key(), *e.value());
+        }
+    }
+
     /// Number of entries, including expired ones not yet swept.
     pub fn len(&self) -> usize {
         self.map.len()

@@ -20,6 +20,7 @@
 //! full the map is (measured in `tests/guard.rs`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use ipnet::IpNet;
 
@@ -60,7 +61,7 @@ pub struct Decision {
 }
 
 /// What a pull brought.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum RemoteUpdate {
     /// Changes since the last pull: `deleted` is applied before `new`.
     Delta {
@@ -69,6 +70,52 @@ pub enum RemoteUpdate {
     },
     /// Every decision in force: replaces the table.
     Full(Vec<Decision>),
+    /// The same, built aside as the decisions arrived ([`Guard::remote_set`]):
+    /// a startup pull streams them in without holding a list of them.
+    Built(RemoteSet),
+}
+
+/// A full picture of the remote decisions, built aside from the table in
+/// force; [`RemoteUpdate::Built`] puts it in force in one swap.
+#[derive(Debug)]
+pub struct RemoteSet {
+    table: RemoteTable,
+    now: u64,
+    full: bool,
+}
+
+impl RemoteSet {
+    /// Adds one decision (an ended one is left out; two on one net: the
+    /// later end holds). Beyond [`BAN_CAP`] nets, the rest is left out and
+    /// a warning logged when the set is put in force.
+    pub fn insert(&mut self, d: Decision) {
+        if self.full || d.expires_at <= self.now {
+            return;
+        }
+        let net = canonical_net(d.net);
+        let longer = self
+            .table
+            .get(&net)
+            .is_none_or(|e| e.expires_at() < d.expires_at);
+        if longer
+            && self
+                .table
+                .put(net, RemoteEntry::new(d.expires_at), self.now, true)
+                == Inserted::Full
+        {
+            self.full = true;
+        }
+    }
+
+    /// Nets in the set.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// True when the set holds no net.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
 }
 
 /// What [`Guard::apply_remote`] did, for the logs and the puller's status.
@@ -87,9 +134,35 @@ impl Guard {
     /// caller (one puller) is serialised anyway; a second one would wait.
     pub fn apply_remote(&self, update: RemoteUpdate) -> Applied {
         let _one_writer = lock(&self.remote_write);
+        self.apply_remote_locked(update)
+    }
+
+    /// [`Guard::apply_remote`] for a puller that may have been stopped: `None`
+    /// (nothing applied) once `stopped` is set. Read under the writer lock,
+    /// so a pull finishing late can never land after what its stopper
+    /// applied (the "drop the remote decisions" of a reload turning
+    /// `[crowdsec]` off, or a restarted puller's full resync).
+    pub fn apply_remote_unless(
+        &self,
+        update: RemoteUpdate,
+        stopped: &AtomicBool,
+    ) -> Option<Applied> {
+        let _one_writer = lock(&self.remote_write);
+        if stopped.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(self.apply_remote_locked(update))
+    }
+
+    fn apply_remote_locked(&self, update: RemoteUpdate) -> Applied {
         let mut applied = match update {
             RemoteUpdate::Delta { deleted, new } => self.remote_delta(&deleted, &new),
-            RemoteUpdate::Full(all) => self.remote_replace(&all),
+            RemoteUpdate::Full(all) => {
+                let mut set = self.remote_set();
+                all.into_iter().for_each(|d| set.insert(d));
+                self.remote_replace(set)
+            }
+            RemoteUpdate::Built(set) => self.remote_replace(set),
         };
         applied.total = self.remote.load().len();
         self.remote_gauge();
@@ -148,24 +221,29 @@ impl Guard {
         }
     }
 
-    fn remote_replace(&self, all: &[Decision]) -> Applied {
+    /// An empty [`RemoteSet`] to build a full picture in, as of now.
+    pub fn remote_set(&self) -> RemoteSet {
+        RemoteSet {
+            table: RemoteTable::default(),
+            now: self.clock.unix_secs(),
+            full: false,
+        }
+    }
+
+    fn remote_replace(&self, set: RemoteSet) -> Applied {
         let now = self.clock.unix_secs();
-        let table = RemoteTable::default();
-        for d in all.iter().filter(|d| d.expires_at > now) {
-            let net = canonical_net(d.net);
-            let longer = table
-                .get(&net)
-                .is_none_or(|e| e.expires_at() < d.expires_at);
-            if longer && table.put(net, RemoteEntry::new(d.expires_at), now, true) == Inserted::Full
-            {
-                self.table_full();
-                break;
-            }
+        let RemoteSet { table, full, .. } = set;
+        if full {
+            self.table_full();
         }
         let old = self.remote.swap(Arc::new(table));
         let table = self.remote.load();
         let mut applied = Applied::default();
-        for (net, _) in old.in_force(now) {
+        // Visited in place, not listed: a list of 100,000 would outlive
+        // the pull as memory the allocator keeps. Safe to hold a shard
+        // while telling: every writer of the remote table holds
+        // `remote_write`, as this does, and the old table is ours alone.
+        old.for_each_in_force(now, |net, _| {
             if table.get(&net).is_none() {
                 applied.lifted += 1;
                 self.emit(BanEvent::Lifted {
@@ -174,8 +252,8 @@ impl Guard {
                 });
                 self.retell(net);
             }
-        }
-        for (net, entry) in table.in_force(now) {
+        });
+        table.for_each_in_force(now, |net, entry| {
             let before = old.get(&net).map(|e| e.expires_at()).filter(|&e| e > now);
             if before != Some(entry.expires_at()) {
                 self.emit(self.remote_added(net, entry.expires_at()));
@@ -184,7 +262,7 @@ impl Guard {
                 applied.added += 1;
                 metrics::counter!("sniroute_bans_total", "source" => "crowdsec").increment(1);
             }
-        }
+        });
         applied
     }
 
@@ -478,5 +556,19 @@ mod tests {
             }
         );
         assert_eq!(g.admit(ip("192.0.2.9")), Err(Outcome::Banned));
+    }
+
+    #[test]
+    fn a_stopped_puller_applies_nothing() {
+        let (g, _clock) = guard();
+        let stopped = std::sync::atomic::AtomicBool::new(false);
+        let applied =
+            g.apply_remote_unless(RemoteUpdate::Full(vec![d("10.0.0.1/32", 60)]), &stopped);
+        assert_eq!(applied.map(|a| a.total), Some(1));
+        stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+        let late = g.apply_remote_unless(RemoteUpdate::Full(vec![d("10.0.0.2/32", 60)]), &stopped);
+        assert_eq!(late, None);
+        assert_eq!(g.admit(ip("10.0.0.2")), Ok(()));
+        assert_eq!(g.remote_decisions(), 1);
     }
 }

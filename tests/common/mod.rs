@@ -410,6 +410,8 @@ pub struct Router {
     pub config_path: PathBuf,
     pub tx: mpsc::Sender<Control>,
     pub task: JoinHandle<anyhow::Result<()>>,
+    /// What this router's `/metrics` would answer now.
+    scraper: Box<dyn Fn() -> String + Send + Sync>,
     _dir: tempfile::TempDir,
 }
 
@@ -487,6 +489,7 @@ async fn start_router(body: &str, v6: bool) -> Router {
         .local_addrs_of(sniroute::conn::Protocol::Http)
         .first()
         .copied();
+    let scraper = Box::new(server.scraper());
     let (tx, rx) = mpsc::channel(8);
     let task = tokio::spawn(server.run(rx));
     Router {
@@ -497,11 +500,17 @@ async fn start_router(body: &str, v6: bool) -> Router {
         config_path,
         tx,
         task,
+        scraper,
         _dir: dir,
     }
 }
 
 impl Router {
+    /// One scrape: what its `/metrics` endpoint would answer now.
+    pub fn scrape(&self) -> String {
+        (self.scraper)()
+    }
+
     /// Every access-log line so far, parsed.
     pub fn log_lines(&self) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();

@@ -33,8 +33,21 @@ impl Lapi {
         lapi
     }
 
+    /// A LAPI serving https with `tls`'s server certificate; client
+    /// certificates from its CA with OU [`CLIENT_OU`] are taken as bouncers
+    /// and machines (CrowdSec's TLS auth).
+    pub fn start_tls(tls: &TlsFiles) -> Lapi {
+        let mut lapi = Lapi::configure_with(Some(tls));
+        lapi.run();
+        lapi
+    }
+
     /// Writes the config (and the `cscli` machine) without starting the LAPI.
     pub fn configure() -> Lapi {
+        Lapi::configure_with(None)
+    }
+
+    fn configure_with(tls: Option<&TlsFiles>) -> Lapi {
         let dir = tempfile::tempdir().expect("tempdir");
         let addr = free_addr();
         let d = dir.path();
@@ -50,6 +63,15 @@ impl Lapi {
         .expect("profiles");
         let p = d.display();
         let config = d.join("config.yaml");
+        let tls = tls.map_or(String::new(), |t| {
+            format!(
+                "    tls:\n      cert_file: {}\n      key_file: {}\n      ca_cert_path: {}\n\
+                 \x20     bouncers_allowed_ou: [{CLIENT_OU}]\n      agents_allowed_ou: [{CLIENT_OU}]\n",
+                t.server_cert.display(),
+                t.server_key.display(),
+                t.ca.display()
+            )
+        });
         std::fs::write(
             &config,
             format!(
@@ -63,7 +85,7 @@ impl Lapi {
                  \x20 flush:\n    max_items: 500000\n    max_age: 7d\n\
                  api:\n  client:\n    insecure_skip_verify: false\n    credentials_path: {p}/local_api_credentials.yaml\n\
                  \x20 server:\n    log_level: info\n    listen_uri: {addr}\n    profiles_path: {p}/profiles.yaml\n\
-                 \x20   trusted_ips:\n      - 127.0.0.1\n\
+                 \x20   trusted_ips:\n      - 127.0.0.1\n{tls}\
                  prometheus:\n  enabled: false\n  level: full\n  listen_addr: 127.0.0.1\n  listen_port: {}\n",
                 free_addr().port()
             ),
@@ -126,6 +148,11 @@ impl Lapi {
     /// The LAPI's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("lapi.log")).unwrap_or_default()
+    }
+
+    /// `https://ADDR` for `lapi_url` (a LAPI from [`Lapi::start_tls`]).
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.addr)
     }
 
     /// `http://ADDR` for `lapi_url`.
@@ -221,4 +248,86 @@ pub fn tail(dir: &Path, metrics: SocketAddr, crowdsec: &str) -> String {
 pub fn available(test: &str) -> bool {
     crate::ops_common::needed_tool(test, CROWDSEC, "crowdsec").is_some()
         && crate::ops_common::needed_tool(test, CSCLI, "crowdsec").is_some()
+}
+
+/// The OU CrowdSec's TLS auth is told to take for bouncers and machines.
+pub const CLIENT_OU: &str = "sniroute";
+
+/// A private CA, the LAPI's server certificate (for 127.0.0.1) and a client
+/// certificate (CN `sniroute-tls`, OU [`CLIENT_OU`]), as PEM files.
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Makes them in `dir` with rcgen.
+    pub fn make(dir: &Path) -> TlsFiles {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca.distinguished_name
+            .push(DnType::CommonName, "sniroute test LAPI CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = KeyPair::generate().expect("key");
+        let ca_cert = ca.self_signed(&ca_key).expect("ca");
+        let issuer = Issuer::new(ca, ca_key);
+        let leaf = |names: Vec<String>, cn: &str, ou: Option<&str>, eku| {
+            let mut params = CertificateParams::new(names).expect("leaf params");
+            params.distinguished_name.push(DnType::CommonName, cn);
+            if let Some(ou) = ou {
+                params
+                    .distinguished_name
+                    .push(DnType::OrganizationalUnitName, ou);
+            }
+            params.use_authority_key_identifier_extension = true;
+            params.key_usages = vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ];
+            params.extended_key_usages = vec![eku];
+            let key = KeyPair::generate().expect("key");
+            let cert = params.signed_by(&key, &issuer).expect("sign");
+            (cert.pem(), key.serialize_pem())
+        };
+        let server = leaf(
+            vec!["127.0.0.1".into(), "localhost".into()],
+            "localhost",
+            None,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let client = leaf(
+            Vec::new(),
+            "sniroute-tls",
+            Some(CLIENT_OU),
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        let files = TlsFiles {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+        };
+        for (path, text) in [
+            (&files.ca, ca_cert.pem()),
+            (&files.server_cert, server.0),
+            (&files.server_key, server.1),
+            (&files.client_cert, client.0),
+            (&files.client_key, client.1),
+        ] {
+            std::fs::write(path, text).expect("pem file");
+        }
+        files
+    }
 }

@@ -2,7 +2,8 @@
 # The Debian package, end to end (run by .ci/run, as root, on a Debian machine
 # where systemd need not be PID 1): builds it with `cargo deb`, installs it
 # with apt, and checks what a user gets:
-#   - every file where it belongs, the binary stripped, the config a conffile;
+#   - every file where it belongs (config/crowdsec/ under
+#     /usr/share/sniroute/crowdsec/), the binary stripped, the config a conffile;
 #   - `logrotate -d` and `promtool check/test rules` on the installed files;
 #   - nothing enabled or started by the install;
 #   - `sniroute check /etc/sniroute/sniroute.toml` exits 0, loopback ignored;
@@ -72,6 +73,9 @@ for f in /usr/bin/sniroute /etc/sniroute/sniroute.toml \
     /usr/share/sniroute/prometheus/sniroute-alerts.yml \
     /usr/share/sniroute/prometheus/sniroute-alerts.test.yml \
     /usr/share/sniroute/prometheus/sniroute-alerts.week.test.yml \
+    /usr/share/sniroute/crowdsec/parsers/s01-parse/sniroute-logs.yaml \
+    /usr/share/sniroute/crowdsec/scenarios/sniroute-unknown-sni.yaml \
+    /usr/share/sniroute/crowdsec/acquis.d/sniroute.yaml \
     /usr/share/doc/sniroute/examples/sniroute.toml \
     /usr/share/doc/sniroute/copyright \
     /usr/share/man/man8/sniroute.8.gz /usr/share/man/man5/sniroute.toml.5.gz \
@@ -86,6 +90,11 @@ if [ -d config/sniroute.service.d ]; then
         [ -f "$unitdir/sniroute.service.d/$(basename "$f")" ] || fail "missing drop-in $(basename "$f")"
     done
 fi
+# Every CrowdSec file of the repository is shipped, byte for byte.
+for f in $(cd config/crowdsec && find . -type f); do
+    cmp -s "config/crowdsec/$f" "/usr/share/sniroute/crowdsec/$f" \
+        || fail "/usr/share/sniroute/crowdsec/$f missing or not config/crowdsec/$f"
+done
 dpkg-query --control-show sniroute conffiles | grep -qx /etc/sniroute/sniroute.toml \
     || fail "/etc/sniroute/sniroute.toml is not a conffile"
 if readelf -S /usr/bin/sniroute | grep -qE '\.(debug_[a-z]+|symtab)\b'; then
