@@ -425,13 +425,14 @@ fn backends(snapshot: &Snapshot) -> Vec<BackendStatus> {
     let http = snapshot.http_pools.iter().flatten().map(|p| ("http", &**p));
     tls.chain(http)
         .flat_map(|(kind, pool)| {
-            pool.states().map(move |(addr, state, active)| BackendStatus {
-                route: pool.route().to_owned(),
-                kind: kind.to_owned(),
-                backend: addr.to_string(),
-                state: state.to_owned(),
-                active: u64::try_from(active).unwrap_or(u64::MAX),
-            })
+            pool.states()
+                .map(move |(addr, state, active)| BackendStatus {
+                    route: pool.route().to_owned(),
+                    kind: kind.to_owned(),
+                    backend: addr.to_string(),
+                    state: state.to_owned(),
+                    active: u64::try_from(active).unwrap_or(u64::MAX),
+                })
         })
         .collect()
 }
@@ -740,11 +741,14 @@ mod tests {
             ],
         };
         let text = report.human();
-        assert!(text.contains(
-            "Backends:\n\
+        assert!(
+            text.contains(
+                "Backends:\n\
              \x20 vault            tls   10.0.0.5:443      up       3 open\n\
              \x20 git.example.org  http  [2001:db8::6]:80  down     0 open\n"
-        ), "{text}");
+            ),
+            "{text}"
+        );
         assert!(
             text.lines()
                 .any(|l| l == "Firewall: nftables inet sniroute, 2 elements")

@@ -331,7 +331,10 @@ fn the_packaged_config_is_safe_to_start_as_is() {
     );
     // 8080 is where CrowdSec's Local API listens by default, on loopback too.
     assert!(
-        c.listen.iter().chain(&c.http.listen).all(|a| a.port() != 8080),
+        c.listen
+            .iter()
+            .chain(&c.http.listen)
+            .all(|a| a.port() != 8080),
         "no port shared with CrowdSec's LAPI"
     );
     assert_eq!(c.routes.len(), 1, "one example route");
