@@ -749,6 +749,19 @@ async fn expect_status(config: &Path, currently: u64, total: u64) {
     let doc = cli_json(config, &["status"]).await;
     assert_eq!(doc["currently_banned"], currently, "{doc}");
     assert_eq!(doc["total_banned"], total, "{doc}");
+    // The one route's one backend, in service.
+    let backend = &doc["backends"][0];
+    assert_eq!(backend["route"], ROUTED, "{doc}");
+    assert_eq!(
+        (&backend["kind"], &backend["state"]),
+        (&"tls".into(), &"up".into()),
+        "{doc}"
+    );
+    let line = format!(
+        "  {ROUTED}  tls   {}  up ",
+        backend["backend"].as_str().unwrap()
+    );
+    assert!(text.contains(&format!("Backends:\n{line}")), "{text}");
 }
 
 /// The admin commands' answer when nothing listens on `socket`.

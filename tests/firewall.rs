@@ -403,3 +403,42 @@ fn the_systemd_drop_in_verifies_and_keeps_exposure_low() {
     eprintln!("systemd-analyze security with the drop-in: exposure {exposure}");
     assert!(exposure <= MAX_EXPOSURE, "exposure {exposure}:\n{report}");
 }
+
+/// Not about kernel bans, but it needs a namespace of its own too: on a host
+/// without IPv6 (here: IPv6 switched off in the namespace), a config that
+/// listens on both loopbacks, like the shipped one, starts on the IPv4 one
+/// and says why it skipped the other; with only IPv6 listeners it refuses
+/// to start.
+#[test]
+fn without_ipv6_a_dual_stack_config_starts_on_ipv4() {
+    in_netns("without_ipv6_a_dual_stack_config_starts_on_ipv4", || {
+        for conf in ["all", "default", "lo"] {
+            let knob = format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6");
+            std::fs::write(&knob, "1").unwrap_or_else(|e| panic!("{knob}: {e}"));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let v4 = SocketAddr::new(lo4(1), port);
+        let v6: SocketAddr = format!("[::1]:{port}").parse().unwrap();
+        let none = "backend = \"none\"\n";
+        let both = config(dir.path(), &[v4, v6], echo_backend(), &[], none);
+        let daemon = Daemon::start(dir.path(), &both);
+        assert!(routes(lo4(3), v4), "the IPv4 listener routes");
+        let said = format!("not listening on {v6}: this host has no IPv6");
+        assert!(daemon.stderr().contains(&said), "{}", daemon.stderr());
+        daemon.stop();
+
+        let only_v6 = tempfile::tempdir().unwrap();
+        let v6_only = config(only_v6.path(), &[v6], echo_backend(), &[], none);
+        let mut daemon = Daemon::spawn(only_v6.path(), &v6_only);
+        assert!(
+            !daemon.wait_exit().success(),
+            "no listener at all is an error"
+        );
+        assert!(
+            daemon.stderr().contains("no listener could be bound"),
+            "{}",
+            daemon.stderr()
+        );
+    });
+}
