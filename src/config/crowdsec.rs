@@ -213,15 +213,7 @@ impl Checker<'_, '_> {
             );
             return None;
         }
-        let certs = read_pem(raw.get_ref(), |pem| {
-            let certs = CertificateDer::pem_slice_iter(pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("not PEM certificates: {e}"))?;
-            if certs.is_empty() {
-                return Err("no PEM certificate (-----BEGIN CERTIFICATE-----) in it".into());
-            }
-            Ok(certs)
-        });
+        let certs = read_pem(raw.get_ref(), certificates);
         self.pem_result("crowdsec.ca_cert_file", raw, certs)
     }
 
@@ -247,13 +239,10 @@ impl Checker<'_, '_> {
             return None;
         }
         let chain = read_pem(cert.get_ref(), |pem| {
-            let chain = CertificateDer::pem_slice_iter(pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("not PEM certificates: {e}"))?;
-            if chain.is_empty() {
-                return Err("no PEM certificate (-----BEGIN CERTIFICATE-----) in it".into());
-            }
-            Ok((chain, String::from_utf8_lossy(pem).into_owned()))
+            Ok((
+                certificates(pem)?,
+                String::from_utf8_lossy(pem).into_owned(),
+            ))
         });
         let chain = self.pem_result("crowdsec.cert_file", cert, chain);
         let private = read_pem(key.get_ref(), |pem| {
@@ -425,6 +414,17 @@ impl Checker<'_, '_> {
 /// `raw` unless unset or "".
 fn set(raw: Option<&Text>) -> Option<&Text> {
     raw.filter(|t| !t.get_ref().trim().is_empty())
+}
+
+/// Every PEM certificate in `pem`: at least one.
+fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not PEM certificates: {e}"))?;
+    if certs.is_empty() {
+        return Err("no PEM certificate (-----BEGIN CERTIFICATE-----) in it".into());
+    }
+    Ok(certs)
 }
 
 /// Reads a PEM file (bounded) and hands its bytes to `parse`; `Err` says
